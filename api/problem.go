@@ -1,0 +1,137 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/mqttgw/mqttgw/gateway"
+)
+
+// problemKind is one entry of the error table: an RFC 9457 problem type
+// with its status. openapi.yaml lists the same types.
+type problemKind struct {
+	slug   string
+	title  string
+	status int
+	// retry is the Retry-After in seconds, for 503s that a retry can cure
+	// soon; 0 means no header.
+	retry int
+}
+
+// ProblemTypeBase prefixes every problem type's slug to make its URI.
+const ProblemTypeBase = "urn:mqttgw:problem:"
+
+var (
+	probInvalidTopic      = problemKind{"invalid-topic", "Invalid topic", http.StatusBadRequest, 0}
+	probInvalidParameter  = problemKind{"invalid-parameter", "Invalid query parameter", http.StatusBadRequest, 0}
+	probInvalidHeader     = problemKind{"invalid-header", "Invalid header", http.StatusBadRequest, 0}
+	probBodyTooLarge      = problemKind{"body-too-large", "Request body too large", http.StatusRequestEntityTooLarge, 0}
+	probNotFound          = problemKind{"not-found", "Not found", http.StatusNotFound, 0}
+	probMethodNotAllowed  = problemKind{"method-not-allowed", "Method not allowed", http.StatusMethodNotAllowed, 0}
+	probBrokerRejected    = problemKind{"broker-rejected", "Broker rejected the request", http.StatusBadGateway, 0}
+	probBadReply          = problemKind{"bad-reply", "Malformed reply", http.StatusBadGateway, 0}
+	probNoResponders      = problemKind{"no-responders", "No responders", http.StatusServiceUnavailable, 0}
+	probBrokerUnavailable = problemKind{"broker-unavailable", "Broker unavailable", http.StatusServiceUnavailable, 1}
+	probShuttingDown      = problemKind{"shutting-down", "Gateway shutting down", http.StatusServiceUnavailable, 1}
+	probTimeout           = problemKind{"timeout", "No reply in time", http.StatusGatewayTimeout, 0}
+	probInternal          = problemKind{"internal", "Internal error", http.StatusInternalServerError, 0}
+	// probClientGone is only logged: the client has hung up and will never
+	// read it. 499 is nginx's "client closed request".
+	probClientGone = problemKind{"client-closed-request", "Client closed request", 499, 0}
+)
+
+// Problem is an RFC 9457 problem details object.
+type Problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// badInput is a request the gateway refuses before sending anything.
+type badInput struct {
+	kind problemKind
+	err  error
+}
+
+func (e *badInput) Error() string { return e.err.Error() }
+func (e *badInput) Unwrap() error { return e.err }
+
+// errBadReply is a reply that can't be turned into an HTTP response.
+type errBadReply struct{ detail string }
+
+func (e errBadReply) Error() string { return e.detail }
+
+// classify maps an error to its problem kind and the detail shown to the
+// client: the one table of error statuses.
+func classify(err error) (problemKind, string) {
+	var bad *badInput
+	var invalid *gateway.InvalidError
+	var rejected *gateway.PublishError
+	var badReply errBadReply
+	switch {
+	case errors.As(err, &bad):
+		return bad.kind, bad.err.Error()
+	case errors.As(err, &invalid):
+		kind := probInvalidHeader
+		switch invalid.Field {
+		case "topic":
+			kind = probInvalidTopic
+		case "qos":
+			kind = probInvalidParameter
+		}
+		return kind, invalid.Field + ": " + invalid.Reason
+	case errors.Is(err, gateway.ErrNoResponders):
+		return probNoResponders, "no MQTT client is subscribed to the topic"
+	case errors.Is(err, gateway.ErrNotConnected):
+		return probBrokerUnavailable, err.Error()
+	case errors.Is(err, gateway.ErrClosed):
+		return probShuttingDown, "the gateway is shutting down; retry on another replica"
+	case errors.Is(err, gateway.ErrTimeout):
+		return probTimeout, err.Error()
+	case errors.As(err, &rejected):
+		return probBrokerRejected, rejected.Error()
+	case errors.As(err, &badReply):
+		return probBadReply, badReply.detail
+	case errors.Is(err, context.Canceled):
+		return probClientGone, "the client closed the request"
+	}
+	// Internal details go to the log, not to the client.
+	return probInternal, "the gateway failed to handle the request; see its log"
+}
+
+// writeError answers with the problem for err.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	kind, detail := classify(err)
+	if kind.status >= 500 && kind != probNoResponders && kind != probTimeout {
+		s.log.Warn("request failed", "path", r.URL.EscapedPath(), "status", kind.status, "error", err)
+	}
+	s.writeProblem(w, kind, detail)
+}
+
+func (s *Server) writeProblem(w http.ResponseWriter, kind problemKind, detail string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/problem+json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if kind.retry > 0 {
+		h.Set("Retry-After", fmt.Sprint(kind.retry))
+	}
+	w.WriteHeader(kind.status)
+	_ = json.NewEncoder(w).Encode(Problem{
+		Type:   ProblemTypeBase + kind.slug,
+		Title:  kind.title,
+		Status: kind.status,
+		Detail: detail,
+	})
+}
+
+func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
+	s.writeProblem(w, probNotFound, fmt.Sprintf("no route for %s; requests go to POST /rpc/{topic}", r.URL.EscapedPath()))
+}
+
+func (s *Server) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	s.writeProblem(w, probMethodNotAllowed, fmt.Sprintf("%s is not allowed on %s", r.Method, r.URL.EscapedPath()))
+}

@@ -1,0 +1,28 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+)
+
+// routes is the one place where every route is declared; openapi.yaml
+// must list the same ones (api/openapi_test.go checks).
+func (s *Server) routes() http.Handler {
+	r := chi.NewRouter()
+	// No StripSlashes/CleanPath: in a topic "a//b" and "a/" are names of
+	// their own. No middleware.Timeout: each request's deadline is its
+	// own ?timeout, applied in the handler.
+	r.Use(middleware.RequestID) // trusts a client's X-Request-Id: logs only
+	r.Use(s.logRequests)
+	r.Use(middleware.Recoverer)
+
+	r.NotFound(s.notFound)
+	r.MethodNotAllowed(s.methodNotAllowed)
+
+	r.Get("/healthz", s.healthz)
+	r.Get("/readyz", s.readyz)
+	r.Post("/rpc/*", s.rpc)
+	return r
+}

@@ -1,0 +1,221 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/mqttgw/mqttgw/gateway"
+)
+
+// Header names of the HTTP⇄MQTT mapping.
+const (
+	headerUserProperty = "Mqtt-User-Property"
+	// statusProperty is the reply user property a responder sets to choose
+	// the HTTP status, as nats micro's Nats-Service-Error-Code does.
+	statusProperty = "http-status"
+	rpcPrefix      = "/rpc/"
+)
+
+// rpc publishes the request body on the topic named by the path and
+// answers with the reply.
+func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
+	req, timeout, err := s.decodeRequest(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	reply, err := s.gw.Request(ctx, req)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	status, err := replyStatus(reply)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", replyContentType(reply.ContentType))
+	h.Set("X-Content-Type-Options", "nosniff")
+	for _, p := range reply.UserProperties {
+		v := p.Key + "=" + p.Value
+		if !httpguts.ValidHeaderFieldValue(v) {
+			// A CR/LF here would split the response; never write it raw.
+			s.droppedProperties.Add(1)
+			s.log.Debug("dropped reply user property that is no valid header value", "key", p.Key)
+			continue
+		}
+		h.Add(headerUserProperty, v)
+	}
+	h.Set("Content-Length", strconv.Itoa(len(reply.Payload)))
+	w.WriteHeader(status)
+	_, _ = w.Write(reply.Payload)
+}
+
+// decodeRequest maps an HTTP request to a gateway request and its timeout.
+// Cheap checks come first, so a bad topic is refused before a large body is
+// read.
+func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request) (gateway.Request, time.Duration, error) {
+	var req gateway.Request
+	topic, err := decodeTopic(r.URL.EscapedPath())
+	if err == nil {
+		err = gateway.CheckTopic(topic, s.cfg.ReservedPrefix)
+	}
+	if err != nil {
+		return req, 0, &badInput{kind: probInvalidTopic, err: err}
+	}
+	q := r.URL.Query()
+	timeout, err := parseTimeout(q, s.cfg.DefaultTimeout, s.cfg.MaxTimeout)
+	if err != nil {
+		return req, 0, &badInput{kind: probInvalidParameter, err: err}
+	}
+	qos, err := parseQoS(q, s.cfg.DefaultQoS)
+	if err != nil {
+		return req, 0, &badInput{kind: probInvalidParameter, err: err}
+	}
+	props, err := userProperties(r.Header)
+	if err != nil {
+		return req, 0, &badInput{kind: probInvalidHeader, err: err}
+	}
+	if r.ContentLength > s.cfg.MaxBody {
+		return req, 0, &badInput{kind: probBodyTooLarge, err: fmt.Errorf("the body is %d bytes; at most %d are allowed", r.ContentLength, s.cfg.MaxBody)}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
+	if err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			return req, 0, &badInput{kind: probBodyTooLarge, err: fmt.Errorf("the body is larger than the %d bytes allowed", s.cfg.MaxBody)}
+		}
+		return req, 0, fmt.Errorf("reading the request body: %w", err)
+	}
+	return gateway.Request{
+		Topic:          topic,
+		Payload:        body,
+		ContentType:    r.Header.Get("Content-Type"),
+		UserProperties: props,
+		QoS:            qos,
+	}, timeout, nil
+}
+
+// decodeTopic takes the topic from the escaped path and decodes it exactly
+// once, so that %2F is a level separator and %2B a literal '+' (which
+// CheckTopic then refuses). chi's own "*" parameter is sometimes decoded
+// and sometimes not, so it is not used.
+func decodeTopic(escapedPath string) (string, error) {
+	raw, ok := strings.CutPrefix(escapedPath, rpcPrefix)
+	if !ok {
+		return "", fmt.Errorf("path %q does not start with %s", escapedPath, rpcPrefix)
+	}
+	topic, err := url.PathUnescape(raw)
+	if err != nil {
+		return "", fmt.Errorf("topic is not correctly percent-encoded: %w", err)
+	}
+	return topic, nil
+}
+
+// parseTimeout reads ?timeout as a Go duration ("1.5s", "500ms") or plain
+// seconds ("2", "0.5").
+func parseTimeout(q url.Values, def, max time.Duration) (time.Duration, error) {
+	v, err := single(q, "timeout")
+	if err != nil || v == nil {
+		return def, err
+	}
+	d, err := time.ParseDuration(*v)
+	if err != nil {
+		secs, ferr := strconv.ParseFloat(*v, 64)
+		if ferr != nil || math.IsNaN(secs) || math.IsInf(secs, 0) {
+			return 0, fmt.Errorf("timeout %q is neither a duration such as 1.5s or 500ms nor a number of seconds", *v)
+		}
+		if secs > max.Seconds() {
+			return 0, fmt.Errorf("timeout %q is above the maximum of %s", *v, max)
+		}
+		d = time.Duration(secs * float64(time.Second))
+	}
+	switch {
+	case d <= 0:
+		return 0, fmt.Errorf("timeout %q must be positive", *v)
+	case d > max:
+		return 0, fmt.Errorf("timeout %q is above the maximum of %s", *v, max)
+	}
+	return d, nil
+}
+
+// parseQoS reads ?qos: 0, 1 or 2.
+func parseQoS(q url.Values, def byte) (byte, error) {
+	v, err := single(q, "qos")
+	if err != nil || v == nil {
+		return def, err
+	}
+	switch *v {
+	case "0", "1", "2":
+		return (*v)[0] - '0', nil
+	}
+	return 0, fmt.Errorf("qos %q must be 0, 1 or 2", *v)
+}
+
+// single returns the one value of query parameter name, nil when absent,
+// or an error when it is given twice: neither choice would be obvious.
+func single(q url.Values, name string) (*string, error) {
+	vs, ok := q[name]
+	switch {
+	case !ok:
+		return nil, nil
+	case len(vs) > 1:
+		return nil, fmt.Errorf("%s is given %d times; give it once", name, len(vs))
+	}
+	return &vs[0], nil
+}
+
+// userProperties maps each Mqtt-User-Property header, in order, to one
+// user property, split at the first '='.
+func userProperties(h http.Header) ([]gateway.UserProperty, error) {
+	vs := h.Values(headerUserProperty)
+	if len(vs) == 0 {
+		return nil, nil
+	}
+	props := make([]gateway.UserProperty, 0, len(vs))
+	for _, v := range vs {
+		k, val, ok := strings.Cut(v, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("%s %q must be key=value with a non-empty key", headerUserProperty, v)
+		}
+		props = append(props, gateway.UserProperty{Key: k, Value: val})
+	}
+	return props, nil
+}
+
+// replyStatus is the HTTP status the responder asked for with the
+// http-status user property, or 200.
+func replyStatus(reply gateway.Reply) (int, error) {
+	for _, p := range reply.UserProperties {
+		if p.Key != statusProperty {
+			continue
+		}
+		code, err := strconv.Atoi(p.Value)
+		if err != nil || code < 200 || code > 599 {
+			return 0, errBadReply{fmt.Sprintf("the responder's %s %q is not an integer from 200 to 599", statusProperty, p.Value)}
+		}
+		return code, nil
+	}
+	return http.StatusOK, nil
+}
+
+// replyContentType is the reply's Content Type, or octet-stream when it has
+// none or one that can't be a header value.
+func replyContentType(ct string) string {
+	if ct == "" || !httpguts.ValidHeaderFieldValue(ct) {
+		return "application/octet-stream"
+	}
+	return ct
+}

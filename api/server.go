@@ -1,0 +1,89 @@
+// Package api is mqttgw's HTTP face: the chi router, the mapping between
+// HTTP requests and MQTT requests, and RFC 9457 problem responses.
+package api
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/mqttgw/mqttgw/gateway"
+)
+
+// Gateway is what the API needs from the RPC core. Its methods must be safe
+// to be called concurrently.
+type Gateway interface {
+	Request(ctx context.Context, req gateway.Request) (gateway.Reply, error)
+	// Ready returns nil when requests can be served, or why not.
+	Ready() error
+}
+
+// Config holds the HTTP-side limits and defaults.
+type Config struct {
+	DefaultTimeout time.Duration // when the request has no ?timeout; default 10s
+	MaxTimeout     time.Duration // largest ?timeout a client may ask for; default 60s
+	DefaultQoS     byte          // when the request has no ?qos; default 1 (see DESIGN §2)
+	MaxBody        int64         // largest request body in bytes; default 1 MiB
+	// ReservedPrefix is the gateways' response prefix, which requests may
+	// not publish under. Default gateway.DefaultResponsePrefix.
+	ReservedPrefix string
+}
+
+// DefaultConfig returns the defaults of DESIGN §2.
+func DefaultConfig() Config {
+	return Config{
+		DefaultTimeout: 10 * time.Second,
+		MaxTimeout:     60 * time.Second,
+		DefaultQoS:     1,
+		MaxBody:        1 << 20,
+		ReservedPrefix: gateway.DefaultResponsePrefix,
+	}
+}
+
+// Validate reports the first setting that can't work.
+func (c Config) Validate() error {
+	switch {
+	case c.MaxTimeout <= 0:
+		return fmt.Errorf("max timeout must be positive, not %s", c.MaxTimeout)
+	case c.DefaultTimeout <= 0 || c.DefaultTimeout > c.MaxTimeout:
+		return fmt.Errorf("timeout %s must be positive and at most the max timeout %s", c.DefaultTimeout, c.MaxTimeout)
+	case c.DefaultQoS > 2:
+		return fmt.Errorf("qos must be 0, 1 or 2, not %d", c.DefaultQoS)
+	case c.MaxBody <= 0:
+		return fmt.Errorf("max body must be positive, not %d", c.MaxBody)
+	}
+	return nil
+}
+
+// Server is the HTTP handler of the gateway.
+type Server struct {
+	log     *slog.Logger
+	gw      Gateway
+	cfg     Config
+	handler http.Handler
+
+	// droppedProperties counts reply user properties that could not be
+	// written as a header value.
+	droppedProperties atomic.Uint64
+}
+
+// NewServer returns the gateway's HTTP handler. cfg must pass Validate.
+func NewServer(logger *slog.Logger, gw Gateway, cfg Config) *Server {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{log: logger, gw: gw, cfg: cfg}
+	s.handler = s.routes()
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.handler.ServeHTTP(w, r)
+}
+
+// DroppedProperties is how many reply user properties could not be sent
+// as Mqtt-User-Property headers.
+func (s *Server) DroppedProperties() uint64 { return s.droppedProperties.Load() }

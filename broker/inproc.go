@@ -1,0 +1,124 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mqttgw/mqttgw/gateway"
+)
+
+// inproc is the in-process transport: it publishes by injecting packets as
+// an inline client and reads replies through an inline subscription. It
+// skips the TCP round trip, MQTT encoding and the client library's session
+// lock: measured ~65% faster than paho over loopback (DESIGN §4).
+type inproc struct {
+	srv *mqtt.Server
+	cl  *mqtt.Client
+
+	mu    sync.Mutex
+	topic string // the response subscription; "" when none. Lock should be held.
+	h     gateway.Handler
+}
+
+// subscriptionID identifies the response subscription among the server's
+// inline subscriptions; one gateway per broker uses it.
+const subscriptionID = 1
+
+func newInproc(srv *mqtt.Server) *inproc {
+	cl := srv.NewClient(nil, mqtt.LocalListener, "mqttgw-gateway", true)
+	cl.Properties.ProtocolVersion = 5
+	return &inproc{srv: srv, cl: cl}
+}
+
+func (t *inproc) Connect(_ context.Context, responseTopic string, h gateway.Handler) error {
+	err := t.srv.Subscribe(responseTopic, subscriptionID, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		h.HandleReply(fromPacket(pk))
+	})
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.topic, t.h = responseTopic, h
+	t.mu.Unlock()
+	// In-process, the subscription is in place as soon as Subscribe
+	// returns, and the connection can't drop.
+	h.ConnectionUp()
+	return nil
+}
+
+func (t *inproc) Publish(_ context.Context, m *gateway.Message) error {
+	// mochi never answers 0x10 (no matching subscribers), so ask its
+	// subscription index before publishing into the void.
+	subs := t.srv.Topics.Subscribers(m.Topic)
+	if len(subs.Subscriptions)+len(subs.Shared)+len(subs.InlineSubscriptions) == 0 {
+		return gateway.ErrNoResponders
+	}
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.QoS},
+		TopicName:   m.Topic,
+		Payload:     m.Payload,
+		Properties: packets.Properties{
+			ContentType:           m.ContentType,
+			ResponseTopic:         m.ResponseTopic,
+			CorrelationData:       m.CorrelationData,
+			MessageExpiryInterval: m.MessageExpiry,
+			User:                  toUser(m.UserProperties),
+		},
+	}
+	if m.QoS > 0 {
+		// Inline publishes are never acknowledged, but mochi's validation
+		// still wants a packet id on QoS > 0 [MQTT-2.2.1-3].
+		pk.PacketID = 1
+	}
+	err := t.srv.InjectPacket(t.cl, pk)
+	var code packets.Code
+	if errors.As(err, &code) {
+		return &gateway.PublishError{ReasonCode: code.Code, Reason: code.Reason}
+	}
+	return err
+}
+
+func (t *inproc) Close(context.Context) error {
+	t.mu.Lock()
+	topic := t.topic
+	t.topic = ""
+	t.mu.Unlock()
+	if topic == "" {
+		return nil
+	}
+	return t.srv.Unsubscribe(topic, subscriptionID)
+}
+
+func toUser(props []gateway.UserProperty) []packets.UserProperty {
+	if len(props) == 0 {
+		return nil
+	}
+	out := make([]packets.UserProperty, len(props))
+	for i, p := range props {
+		out[i] = packets.UserProperty{Key: p.Key, Val: p.Value}
+	}
+	return out
+}
+
+func fromPacket(pk packets.Packet) *gateway.Message {
+	m := &gateway.Message{
+		Topic:           pk.TopicName,
+		Payload:         pk.Payload,
+		QoS:             pk.FixedHeader.Qos,
+		ContentType:     pk.Properties.ContentType,
+		ResponseTopic:   pk.Properties.ResponseTopic,
+		CorrelationData: pk.Properties.CorrelationData,
+		MessageExpiry:   pk.Properties.MessageExpiryInterval,
+	}
+	if n := len(pk.Properties.User); n > 0 {
+		m.UserProperties = make([]gateway.UserProperty, n)
+		for i, p := range pk.Properties.User {
+			m.UserProperties[i] = gateway.UserProperty{Key: p.Key, Value: p.Val}
+		}
+	}
+	return m
+}

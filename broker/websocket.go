@@ -1,0 +1,113 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// wsListener serves MQTT over WebSocket [MQTT-6.0]. It replaces mochi's
+// own WebSocket listener, which binds only inside Serve: an address in use
+// would be a log line instead of an error, and ":0" could not be resolved
+// to the bound port.
+type wsListener struct {
+	id      string
+	address string
+	ln      net.Listener
+	srv     *http.Server
+	log     *slog.Logger
+
+	mu        sync.Mutex
+	establish listeners.EstablishFn // Lock should be held.
+	closed    bool                  // Lock should be held.
+}
+
+var _ listeners.Listener = (*wsListener)(nil)
+
+func newWSListener(id, address string) *wsListener {
+	return &wsListener{id: id, address: address}
+}
+
+func (l *wsListener) ID() string       { return l.id }
+func (l *wsListener) Protocol() string { return "ws" }
+
+func (l *wsListener) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.address
+}
+
+func (l *wsListener) Init(log *slog.Logger) error {
+	l.log = log
+	ln, err := net.Listen("tcp", l.address)
+	if err != nil {
+		return err
+	}
+	l.ln = ln
+	l.srv = &http.Server{
+		Handler:           http.HandlerFunc(l.serveHTTP),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	return nil
+}
+
+func (l *wsListener) Serve(establish listeners.EstablishFn) {
+	l.mu.Lock()
+	l.establish = establish
+	closed := l.closed
+	l.mu.Unlock()
+	if closed {
+		return
+	}
+	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		l.log.Error("websocket listener stopped", "error", err, "listener", l.id)
+	}
+}
+
+func (l *wsListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		Subprotocols: []string{"mqtt"}, // [MQTT-6.0.0-3]
+		// MQTT clients are not browsers carrying cookies; origin checks
+		// would only turn away browser-based MQTT clients.
+		InsecureSkipVerify: true,
+	})
+	if err != nil {
+		return // Accept has already written the HTTP error
+	}
+	// The request context ends when the server shuts down or the client
+	// goes away, which ends the connection with it.
+	conn := websocket.NetConn(r.Context(), c, websocket.MessageBinary)
+	defer conn.Close()
+
+	l.mu.Lock()
+	establish := l.establish
+	l.mu.Unlock()
+	if err := establish(l.id, conn); err != nil {
+		l.log.Debug("websocket client ended", "error", err, "listener", l.id)
+	}
+}
+
+func (l *wsListener) Close(closeClients listeners.CloseFn) {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+	// Disconnect the clients first: Shutdown waits for handlers to return,
+	// and each handler returns when its client is gone.
+	closeClients(l.id)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.srv.Shutdown(ctx); err != nil {
+		_ = l.srv.Close()
+	}
+	// Shutdown only closes listeners that Serve was given; Close may come
+	// before Serve when another listener failed to bind.
+	_ = l.ln.Close()
+}

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/dustin/go-humanize"
+
+	"github.com/mqttgw/mqttgw/api"
+	"github.com/mqttgw/mqttgw/gateway"
+)
+
+// config is everything the command line and MQTTGW_* variables set.
+type config struct {
+	HTTPAddr       string
+	Broker         string
+	MQTTAddr       string
+	WSAddr         string
+	InstanceID     string
+	ResponsePrefix string
+	API            api.Config
+	ShutdownGrace  time.Duration
+	LogLevel       slog.Level
+	LogFormat      string
+}
+
+const envPrefix = "MQTTGW_"
+
+// errHelp means --help was asked for and printed; not a failure.
+var errHelp = errors.New("help requested")
+
+// parseConfig reads flags from args and, for each flag not given there,
+// the environment variable MQTTGW_<FLAG> (upper case, '-' → '_').
+func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (config, error) {
+	cfg := config{API: api.DefaultConfig()}
+	maxBody := byteSize(cfg.API.MaxBody)
+	qos := uint(cfg.API.DefaultQoS)
+
+	fs := flag.NewFlagSet("mqttgw", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned; --help is printed below
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", ":8080", "HTTP listen address")
+	fs.StringVar(&cfg.Broker, "broker", "embedded", `"embedded" to run the MQTT v5 broker in-process, or an external broker URL (mqtt://host:port)`)
+	fs.StringVar(&cfg.MQTTAddr, "mqtt-addr", ":1883", `embedded broker's MQTT TCP listen address ("" = none)`)
+	fs.StringVar(&cfg.WSAddr, "ws-addr", "", `embedded broker's MQTT-over-WebSocket listen address ("" = none)`)
+	fs.DurationVar(&cfg.API.DefaultTimeout, "timeout", cfg.API.DefaultTimeout, "default per-request timeout (a request's ?timeout overrides it)")
+	fs.DurationVar(&cfg.API.MaxTimeout, "max-timeout", cfg.API.MaxTimeout, "largest ?timeout a client may ask for")
+	fs.UintVar(&qos, "qos", qos, "default QoS of requests: 0, 1 or 2 (a request's ?qos overrides it)")
+	fs.Var(&maxBody, "max-body", "largest request body, e.g. 1MiB, 512KiB or 65536 (bytes)")
+	fs.StringVar(&cfg.InstanceID, "instance-id", "", "this replica's id; scopes its response topic (default random)")
+	fs.StringVar(&cfg.ResponsePrefix, "response-prefix", gateway.DefaultResponsePrefix, "topic prefix under which all replicas receive replies; requests may not publish under it")
+	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 15*time.Second, "on SIGINT/SIGTERM, how long in-flight requests may still finish before they get 503")
+	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(stdout, fs)
+			return cfg, errHelp
+		}
+		return cfg, fmt.Errorf("%w (see --help)", err)
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
+	}
+	if err := applyEnv(fs, getenv); err != nil {
+		return cfg, err
+	}
+	cfg.API.MaxBody = int64(maxBody)
+	if qos > 2 {
+		return cfg, fmt.Errorf("--qos must be 0, 1 or 2, not %d", qos)
+	}
+	cfg.API.DefaultQoS = byte(qos)
+	if err := cfg.API.Validate(); err != nil {
+		return cfg, fmt.Errorf("invalid configuration: %w", err)
+	}
+	switch cfg.LogFormat {
+	case "text", "json":
+	default:
+		return cfg, fmt.Errorf("--log-format must be text or json, not %q", cfg.LogFormat)
+	}
+	if cfg.Broker != "embedded" {
+		return cfg, fmt.Errorf("--broker %q: only the embedded broker is supported so far", cfg.Broker)
+	}
+	if cfg.ShutdownGrace < 0 {
+		return cfg, fmt.Errorf("--shutdown-grace must not be negative")
+	}
+	return cfg, nil
+}
+
+// envName is the variable that sets flag name.
+func envName(name string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// applyEnv sets each flag not given on the command line from its
+// environment variable, if that is set: flags win.
+func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] || err != nil {
+			return
+		}
+		if v := getenv(envName(f.Name)); v != "" {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, serr)
+			}
+		}
+	})
+	return err
+}
+
+func printUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, `mqttgw: an HTTP to MQTT v5 request/response gateway.
+
+POST /rpc/{topic} publishes the body on {topic} with a Response Topic and
+Correlation Data, and answers with the responder's reply.
+
+Usage: mqttgw [flags]
+
+Every flag can also be set with the environment variable shown; flags win.
+
+`)
+	fs.VisitAll(func(f *flag.Flag) {
+		typ, usage := flag.UnquoteUsage(f)
+		fmt.Fprintf(w, "  --%s %s\n    \t%s (default %q; env %s)\n", f.Name, typ, usage, f.DefValue, envName(f.Name))
+	})
+}
+
+// byteSize is a flag.Value for sizes such as "1MiB" or "65536".
+type byteSize int64
+
+func (b *byteSize) String() string { return humanize.IBytes(uint64(*b)) }
+
+func (b *byteSize) Set(s string) error {
+	n, err := humanize.ParseBytes(s)
+	if err != nil {
+		return fmt.Errorf("not a size such as 1MiB or 65536: %w", err)
+	}
+	if n == 0 || n > 1<<40 {
+		return fmt.Errorf("size must be from 1 byte to 1TiB")
+	}
+	*b = byteSize(n)
+	return nil
+}

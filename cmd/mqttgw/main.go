@@ -1,0 +1,166 @@
+// Command mqttgw is an HTTP to MQTT v5 request/response gateway with an
+// embedded broker. Run it with --help for its flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/mqttgw/mqttgw/api"
+	"github.com/mqttgw/mqttgw/broker"
+	"github.com/mqttgw/mqttgw/gateway"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "mqttgw:", err)
+		os.Exit(1)
+	}
+}
+
+// run is the whole program: it returns when ctx ends (a signal) and the
+// gateway has shut down, or at once on a configuration or bind error.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, getenv, stdout)
+	if errors.Is(err, errHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	a, err := start(ctx, cfg, newLogger(cfg, stderr))
+	if err != nil {
+		return err
+	}
+	return a.wait(ctx)
+}
+
+func newLogger(cfg config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// app is a started gateway: broker, RPC core and HTTP server.
+type app struct {
+	cfg      config
+	log      *slog.Logger
+	broker   *broker.Broker
+	gw       *gateway.Gateway
+	http     *http.Server
+	httpAddr string
+	served   chan error // Serve's result
+}
+
+// start binds every listener (so "address in use" is an error here, and
+// ":0" resolves to a real port), then starts broker → gateway → HTTP.
+func start(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error) {
+	a := &app{cfg: cfg, log: log, served: make(chan error, 1)}
+	var closers []func()
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				closers[i]()
+			}
+		}
+	}()
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("http listener: %w", err)
+	}
+	closers = append(closers, func() { ln.Close() })
+	a.httpAddr = ln.Addr().String()
+
+	a.broker, err = broker.New(broker.Config{
+		TCPAddr:        cfg.MQTTAddr,
+		WSAddr:         cfg.WSAddr,
+		ResponsePrefix: cfg.ResponsePrefix,
+		Logger:         log.With("component", "broker"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, func() { a.broker.Close() })
+	if err := a.broker.Start(); err != nil {
+		return nil, err
+	}
+
+	a.gw, err = gateway.New(gateway.Config{
+		ResponsePrefix: cfg.ResponsePrefix,
+		InstanceID:     cfg.InstanceID,
+		DefaultTimeout: cfg.API.DefaultTimeout,
+		Logger:         log.With("component", "gateway"),
+	}, a.broker.Transport())
+	if err != nil {
+		return nil, err
+	}
+	if err := a.gw.Start(ctx); err != nil {
+		return nil, err
+	}
+	closers = append(closers, func() { a.gw.Close(context.Background()) })
+
+	apiCfg := cfg.API
+	apiCfg.ReservedPrefix = a.gw.ResponsePrefix()
+	a.http = &http.Server{
+		Handler: api.NewServer(log.With("component", "api"), a.gw, apiCfg),
+		// Slow clients can't hold a connection open by trickling headers;
+		// there is no WriteTimeout because a reply may take --max-timeout.
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	go func() { a.served <- a.http.Serve(ln) }()
+
+	log.Info("mqttgw started",
+		"http_addr", a.httpAddr,
+		"mqtt_addr", a.broker.Addr(),
+		"ws_addr", a.broker.WSAddr(),
+		"response_topic", a.gw.ResponseTopic())
+	return a, nil
+}
+
+// wait serves until ctx ends, then shuts down in reverse order of start:
+// stop accepting and let in-flight requests finish within the grace
+// period, fail the rest with 503, then disconnect and close the broker.
+func (a *app) wait(ctx context.Context) error {
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-a.served:
+	}
+	a.log.Info("shutting down", "grace", a.cfg.ShutdownGrace)
+
+	graceCtx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownGrace)
+	err := a.http.Shutdown(graceCtx)
+	cancel()
+	// Requests still waiting get ErrClosed (503) and their handlers return.
+	_ = a.gw.Close(context.Background())
+	if err != nil {
+		a.log.Warn("grace period over; failed the requests still in flight")
+		finishCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := a.http.Shutdown(finishCtx); err != nil {
+			_ = a.http.Close()
+		}
+		cancel()
+	}
+	_ = a.broker.Close()
+	a.log.Info("stopped")
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return fmt.Errorf("http server: %w", serveErr)
+	}
+	return nil
+}

@@ -1,0 +1,466 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"go.uber.org/goleak"
+
+	"github.com/mqttgw/mqttgw/api"
+	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testConfig is the default configuration on loopback ports chosen by the OS.
+func testConfig(t testing.TB, args ...string) config {
+	t.Helper()
+	cfg, err := parseConfig(append([]string{"--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"}, args...),
+		func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// mustStart starts the whole gateway as main does and stops it at cleanup.
+// It returns the app and its base URL.
+func mustStart(t testing.TB, cfg config) (*app, string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := start(ctx, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.wait(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("wait: %v", err)
+		}
+	})
+	base := "http://" + a.httpAddr
+	waitReady(t, base)
+	return a, base
+}
+
+// waitReady polls /readyz until it answers 200.
+func waitReady(t testing.TB, base string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s/readyz not 200 within 10s (last: %v)", base, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func post(t testing.TB, url string, body io.Reader, header ...string) response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Add(header[i], header[i+1])
+	}
+	return do(t, req)
+}
+
+func do(t testing.TB, req *http.Request) response {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{resp.StatusCode, resp.Header, b}
+}
+
+// wantProblem checks an RFC 9457 answer.
+func wantProblem(t *testing.T, r response, status int, slug, detail string) {
+	t.Helper()
+	if r.status != status {
+		t.Fatalf("status %d, want %d (body %s)", r.status, status, r.body)
+	}
+	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("Content-Type %q", ct)
+	}
+	var p api.Problem
+	if err := json.Unmarshal(r.body, &p); err != nil {
+		t.Fatalf("body %s: %v", r.body, err)
+	}
+	if p.Type != api.ProblemTypeBase+slug || p.Status != status || p.Title == "" {
+		t.Fatalf("problem %+v, want type %s status %d", p, slug, status)
+	}
+	if !strings.Contains(p.Detail, detail) {
+		t.Fatalf("detail %q, want it to mention %q", p.Detail, detail)
+	}
+}
+
+func TestEndToEnd(t *testing.T) {
+	a, base := mustStart(t, testConfig(t, "--max-body", "1KiB"))
+	brokerURL := "mqtt://" + a.broker.Addr()
+	gatewaytest.StartResponder(t, brokerURL, "svc/echo", 1, gatewaytest.Echo)
+	gatewaytest.StartResponder(t, brokerURL, "svc/created", 1, func(req *paho.Publish) *paho.Publish {
+		return &paho.Publish{QoS: 1, Payload: []byte(`{"id":7}`), Properties: &paho.PublishProperties{
+			ContentType: "application/json",
+			User:        paho.UserProperties{{Key: "http-status", Value: "201"}, {Key: "bad", Value: "a\r\nInjected: yes"}},
+		}}
+	})
+	gatewaytest.StartResponder(t, brokerURL, "svc/silent", 1, func(*paho.Publish) *paho.Publish { return nil })
+	gatewaytest.StartResponder(t, brokerURL, "svc/broken", 1, func(*paho.Publish) *paho.Publish {
+		return &paho.Publish{QoS: 1, Properties: &paho.PublishProperties{User: paho.UserProperties{{Key: "http-status", Value: "abc"}}}}
+	})
+	gatewaytest.StartResponder(t, brokerURL, "svc/bare", 0, func(*paho.Publish) *paho.Publish {
+		return &paho.Publish{Payload: []byte{0, 1, 2}}
+	})
+
+	t.Run("200 echo with properties both ways", func(t *testing.T) {
+		r := post(t, base+"/rpc/svc/echo?qos=2&timeout=5", strings.NewReader("hello"),
+			"Content-Type", "text/plain; charset=utf-8",
+			"Mqtt-User-Property", "trace=abc=def", "Mqtt-User-Property", "trace=2")
+		if r.status != 200 || string(r.body) != "hello" || r.header.Get("Content-Type") != "text/plain; charset=utf-8" {
+			t.Fatalf("got %d %q %q", r.status, r.body, r.header.Get("Content-Type"))
+		}
+		if got := r.header.Values("Mqtt-User-Property"); fmt.Sprint(got) != "[trace=abc=def trace=2]" {
+			t.Fatalf("user properties %q", got)
+		}
+	})
+	t.Run("responder sets status; unsafe property dropped", func(t *testing.T) {
+		r := post(t, base+"/rpc/svc/created", nil)
+		if r.status != 201 || string(r.body) != `{"id":7}` || r.header.Get("Content-Type") != "application/json" {
+			t.Fatalf("got %d %q %q", r.status, r.body, r.header.Get("Content-Type"))
+		}
+		if got := r.header.Values("Mqtt-User-Property"); fmt.Sprint(got) != "[http-status=201]" || r.header.Get("Injected") != "" {
+			t.Fatalf("headers %v", r.header)
+		}
+	})
+	t.Run("200 without content type at qos 0", func(t *testing.T) {
+		r := post(t, base+"/rpc/svc/bare?qos=0", nil)
+		if r.status != 200 || !bytes.Equal(r.body, []byte{0, 1, 2}) || r.header.Get("Content-Type") != "application/octet-stream" {
+			t.Fatalf("got %d %q %q", r.status, r.body, r.header.Get("Content-Type"))
+		}
+	})
+	t.Run("percent-encoded slash is a level separator", func(t *testing.T) {
+		r := post(t, base+"/rpc/svc%2Fecho", strings.NewReader("x"))
+		if r.status != 200 || string(r.body) != "x" {
+			t.Fatalf("got %d %q", r.status, r.body)
+		}
+	})
+	t.Run("504 after the asked timeout", func(t *testing.T) {
+		start := time.Now()
+		r := post(t, base+"/rpc/svc/silent?timeout=300ms", nil)
+		wantProblem(t, r, 504, "timeout", "300ms")
+		if d := time.Since(start); d < 300*time.Millisecond {
+			t.Fatalf("answered after %s, before the timeout", d)
+		}
+	})
+	t.Run("503 at once without responders", func(t *testing.T) {
+		start := time.Now()
+		r := post(t, base+"/rpc/nobody/listens?timeout=30s", nil)
+		wantProblem(t, r, 503, "no-responders", "subscribed")
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("took %s", d)
+		}
+	})
+	t.Run("502 bad http-status", func(t *testing.T) {
+		wantProblem(t, post(t, base+"/rpc/svc/broken", nil), 502, "bad-reply", `"abc"`)
+	})
+
+	for _, tt := range []struct {
+		name, path, slug, detail string
+		header                   []string
+	}{
+		{"plus", "/rpc/svc/%2B/x", "invalid-topic", "wildcard", nil},
+		{"literal plus", "/rpc/svc/+", "invalid-topic", "wildcard", nil},
+		{"hash", "/rpc/svc/%23", "invalid-topic", "wildcard", nil},
+		{"dollar", "/rpc/$SYS/x", "invalid-topic", "'$'", nil},
+		{"empty", "/rpc/", "invalid-topic", "empty", nil},
+		{"NUL", "/rpc/a%00b", "invalid-topic", "NUL", nil},
+		{"control", "/rpc/a%01b", "invalid-topic", "control", nil},
+		{"invalid utf8", "/rpc/a%FFb", "invalid-topic", "UTF-8", nil},
+		{"noncharacter", "/rpc/a%EF%BF%BF", "invalid-topic", "non-character", nil},
+		{"response prefix", "/rpc/mqttgw/reply/x", "invalid-topic", "mqttgw/reply", nil},
+		{"zero timeout", "/rpc/svc/echo?timeout=0", "invalid-parameter", "positive", nil},
+		{"negative timeout", "/rpc/svc/echo?timeout=-1s", "invalid-parameter", "positive", nil},
+		{"empty timeout", "/rpc/svc/echo?timeout=", "invalid-parameter", "timeout", nil},
+		{"garbage timeout", "/rpc/svc/echo?timeout=soon", "invalid-parameter", "timeout", nil},
+		{"NaN timeout", "/rpc/svc/echo?timeout=NaN", "invalid-parameter", "timeout", nil},
+		{"timeout above max", "/rpc/svc/echo?timeout=61s", "invalid-parameter", "1m0s", nil},
+		{"huge timeout", "/rpc/svc/echo?timeout=1e300", "invalid-parameter", "1m0s", nil},
+		{"twice", "/rpc/svc/echo?timeout=1&timeout=2", "invalid-parameter", "once", nil},
+		{"qos 3", "/rpc/svc/echo?qos=3", "invalid-parameter", "qos", nil},
+		{"qos word", "/rpc/svc/echo?qos=one", "invalid-parameter", "qos", nil},
+		{"property without =", "/rpc/svc/echo", "invalid-header", "key=value", []string{"Mqtt-User-Property", "novalue"}},
+		{"property empty key", "/rpc/svc/echo", "invalid-header", "key=value", []string{"Mqtt-User-Property", "=v"}},
+		{"property control char", "/rpc/svc/echo", "invalid-header", "control", []string{"Mqtt-User-Property", "k=a\tb"}},
+		{"property bad utf8", "/rpc/svc/echo", "invalid-header", "UTF-8", []string{"Mqtt-User-Property", "k=\xff"}},
+		{"content type bad utf8", "/rpc/svc/echo", "invalid-header", "content type", []string{"Content-Type", "text/plain\xff"}},
+	} {
+		t.Run("400 "+tt.name, func(t *testing.T) {
+			wantProblem(t, post(t, base+tt.path, strings.NewReader("x"), tt.header...), 400, tt.slug, tt.detail)
+		})
+	}
+
+	t.Run("413 with Content-Length", func(t *testing.T) {
+		wantProblem(t, post(t, base+"/rpc/svc/echo", strings.NewReader(strings.Repeat("x", 1025))), 413, "body-too-large", "1024")
+	})
+	t.Run("413 chunked", func(t *testing.T) {
+		body := io.MultiReader(strings.NewReader(strings.Repeat("x", 2000))) // unknown length: chunked
+		wantProblem(t, post(t, base+"/rpc/svc/echo", body), 413, "body-too-large", "1024")
+	})
+	t.Run("exactly max body", func(t *testing.T) {
+		if r := post(t, base+"/rpc/svc/echo", strings.NewReader(strings.Repeat("x", 1024))); r.status != 200 || len(r.body) != 1024 {
+			t.Fatalf("got %d, %d bytes", r.status, len(r.body))
+		}
+	})
+	t.Run("404", func(t *testing.T) {
+		wantProblem(t, post(t, base+"/nope", nil), 404, "not-found", "/nope")
+	})
+	t.Run("405", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, base+"/rpc/svc/echo", nil)
+		wantProblem(t, do(t, req), 405, "method-not-allowed", "GET")
+	})
+	t.Run("healthz and readyz", func(t *testing.T) {
+		for _, p := range []string{"/healthz", "/readyz"} {
+			req, _ := http.NewRequest(http.MethodGet, base+p, nil)
+			if r := do(t, req); r.status != 200 {
+				t.Fatalf("%s: %d", p, r.status)
+			}
+		}
+	})
+	t.Run("still works after all that", func(t *testing.T) {
+		if r := post(t, base+"/rpc/svc/echo", strings.NewReader("alive")); r.status != 200 || string(r.body) != "alive" {
+			t.Fatalf("got %d %q", r.status, r.body)
+		}
+		if n := a.gw.Stats().Pending; n != 0 {
+			t.Fatalf("%d pending entries left", n)
+		}
+	})
+}
+
+// TestGracefulShutdown: a request that finishes within the grace period is
+// answered; one that can't gets 503 when the grace period ends.
+func TestGracefulShutdown(t *testing.T) {
+	cfg := testConfig(t, "--shutdown-grace", "500ms")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a, err := start(ctx, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.wait(ctx) }()
+	base := "http://" + a.httpAddr
+	waitReady(t, base)
+
+	received := make(chan struct{}, 2)
+	brokerURL := "mqtt://" + a.broker.Addr()
+	gatewaytest.StartResponder(t, brokerURL, "svc/quick", 1, func(req *paho.Publish) *paho.Publish {
+		received <- struct{}{}
+		time.Sleep(200 * time.Millisecond)
+		return gatewaytest.Echo(req)
+	})
+	gatewaytest.StartResponder(t, brokerURL, "svc/never", 1, func(*paho.Publish) *paho.Publish {
+		received <- struct{}{}
+		return nil
+	})
+
+	var wg sync.WaitGroup
+	var quick, never response
+	wg.Go(func() { quick = post(t, base+"/rpc/svc/quick?timeout=10s", strings.NewReader("q")) })
+	wg.Go(func() { never = post(t, base+"/rpc/svc/never?timeout=30s", nil) })
+	<-received
+	<-received
+	start := time.Now()
+	cancel()
+	wg.Wait()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if quick.status != 200 || string(quick.body) != "q" {
+		t.Errorf("in-flight request within grace: %d %q", quick.status, quick.body)
+	}
+	wantProblem(t, never, 503, "shutting-down", "shutting down")
+	if never.header.Get("Retry-After") == "" {
+		t.Error("503 shutting-down without Retry-After")
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("shutdown took %s", d)
+	}
+	if _, err := net.DialTimeout("tcp", a.httpAddr, time.Second); err == nil {
+		t.Error("HTTP still accepting after shutdown")
+	}
+}
+
+// TestRun drives run() itself: flags, logging of the bound addresses, a
+// request, and a clean stop when the context ends.
+func TestRun(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--log-format", "json"}, func(k string) string {
+			return map[string]string{"MQTTGW_HTTP_ADDR": "127.0.0.1:0", "MQTTGW_MQTT_ADDR": "127.0.0.1:0"}[k]
+		}, io.Discard, pw)
+		pw.Close()
+	}()
+	var httpAddr string
+	sc := bufio.NewScanner(pr)
+	for httpAddr == "" && sc.Scan() {
+		var line struct {
+			Msg      string `json:"msg"`
+			HTTPAddr string `json:"http_addr"`
+			MQTTAddr string `json:"mqtt_addr"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+			t.Fatalf("log line %q is not JSON: %v", sc.Text(), err)
+		}
+		if line.Msg == "mqttgw started" {
+			if strings.HasSuffix(line.MQTTAddr, ":0") || line.MQTTAddr == "" {
+				t.Errorf("mqtt_addr %q is not the bound address", line.MQTTAddr)
+			}
+			httpAddr = line.HTTPAddr
+		}
+	}
+	go io.Copy(io.Discard, pr) // keep the logger from blocking
+	if httpAddr == "" {
+		t.Fatal("no start-up line with http_addr")
+	}
+	waitReady(t, "http://"+httpAddr)
+	wantProblem(t, post(t, "http://"+httpAddr+"/rpc/nobody", nil), 503, "no-responders", "")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+}
+
+func TestRunFailsOnAddressInUse(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, args := range [][]string{
+		{"--http-addr", ln.Addr().String(), "--mqtt-addr", "127.0.0.1:0"},
+		{"--http-addr", "127.0.0.1:0", "--mqtt-addr", ln.Addr().String()},
+		{"--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--ws-addr", ln.Addr().String()},
+	} {
+		err := run(context.Background(), args, func(string) string { return "" }, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			t.Errorf("run(%v) = %v, want address already in use", args, err)
+		}
+	}
+}
+
+func TestConfig(t *testing.T) {
+	env := map[string]string{
+		"MQTTGW_TIMEOUT":     "3s",
+		"MQTTGW_MAX_BODY":    "2MiB",
+		"MQTTGW_QOS":         "0",
+		"MQTTGW_INSTANCE_ID": "pod-1",
+		"MQTTGW_HTTP_ADDR":   ":9999",
+	}
+	cfg, err := parseConfig([]string{"--http-addr", ":7000"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTPAddr != ":7000" {
+		t.Errorf("flag must win over env: %q", cfg.HTTPAddr)
+	}
+	if cfg.API.DefaultTimeout != 3*time.Second || cfg.API.MaxBody != 2<<20 || cfg.API.DefaultQoS != 0 || cfg.InstanceID != "pod-1" {
+		t.Errorf("env not applied: %+v", cfg)
+	}
+
+	defaults, err := parseConfig(nil, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if defaults.HTTPAddr != ":8080" || defaults.MQTTAddr != ":1883" || defaults.Broker != "embedded" || defaults.WSAddr != "" ||
+		defaults.API.DefaultTimeout != 10*time.Second || defaults.API.MaxTimeout != 60*time.Second ||
+		defaults.API.DefaultQoS != 1 || defaults.API.MaxBody != 1<<20 {
+		t.Errorf("defaults differ from DESIGN §2: %+v", defaults)
+	}
+
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--qos", "3"}, nil, "qos"},
+		{[]string{"--timeout", "2m"}, nil, "max timeout"},
+		{[]string{"--max-body", "lots"}, nil, "max-body"},
+		{[]string{"--log-format", "xml"}, nil, "log-format"},
+		{[]string{"--log-level", "loud"}, nil, "log-level"},
+		{[]string{"--broker", "mqtt://localhost:1883"}, nil, "embedded"},
+		{[]string{"--instance-id", "a/b"}, nil, ""},
+		{[]string{"extra"}, nil, "unexpected argument"},
+		{[]string{"--nope"}, nil, "nope"},
+		{nil, map[string]string{"MQTTGW_TIMEOUT": "soon"}, "MQTTGW_TIMEOUT"},
+	} {
+		_, err := parseConfig(tt.args, func(k string) string { return tt.env[k] }, io.Discard)
+		if tt.want == "" {
+			continue // rejected later, by gateway.New: see TestInvalidInstanceID
+		}
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("parseConfig(%v, %v) = %v, want error mentioning %q", tt.args, tt.env, err, tt.want)
+		}
+	}
+}
+
+func TestInvalidInstanceID(t *testing.T) {
+	err := run(context.Background(), []string{"--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--instance-id", "a/b"},
+		func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "instance id") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestHelpListsEveryFlag(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"--help"}, func(string) string { return "" }, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"http-addr", "broker", "mqtt-addr", "ws-addr", "timeout", "max-timeout", "qos", "max-body",
+		"instance-id", "response-prefix", "shutdown-grace", "log-level", "log-format"} {
+		if !strings.Contains(out.String(), "--"+f+" ") || !strings.Contains(out.String(), envName(f)) {
+			t.Errorf("--help lacks --%s or %s:\n%s", f, envName(f), out.String())
+		}
+	}
+}

@@ -1,0 +1,281 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// DefaultResponsePrefix is the topic under which every gateway replica
+// receives replies, one level per instance.
+const DefaultResponsePrefix = "mqttgw/reply"
+
+func init() {
+	// Correlation ids come from crypto/rand either way; the pool saves a
+	// syscall per request.
+	uuid.EnableRandPool()
+}
+
+// Config configures a Gateway. The zero value of every field but InstanceID
+// is replaced by its default.
+type Config struct {
+	// ResponsePrefix is shared by all replicas; requests may not publish
+	// under it. Default DefaultResponsePrefix.
+	ResponsePrefix string
+	// InstanceID scopes this replica's response topic; it must be unique
+	// among the replicas on one broker. Default: random.
+	InstanceID string
+	// DefaultTimeout applies when a request's context has no deadline.
+	// Default 10s.
+	DefaultTimeout time.Duration
+	// RememberFinished is how many finished request ids are kept to tell
+	// late and duplicate replies from unknown ones. Default 4096.
+	RememberFinished int
+	Logger           *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if c.ResponsePrefix == "" {
+		c.ResponsePrefix = DefaultResponsePrefix
+	}
+	if err := CheckString(c.ResponsePrefix); err != nil {
+		return fmt.Errorf("response prefix %w", err)
+	}
+	if strings.ContainsAny(c.ResponsePrefix, "+#") || strings.HasPrefix(c.ResponsePrefix, "$") ||
+		strings.HasPrefix(c.ResponsePrefix, "/") || strings.HasSuffix(c.ResponsePrefix, "/") {
+		return fmt.Errorf("response prefix %q must be a topic name without wildcards, leading '$' or surrounding '/'", c.ResponsePrefix)
+	}
+	if c.InstanceID == "" {
+		c.InstanceID = strings.ReplaceAll(uuid.NewString(), "-", "")[:16]
+	}
+	if err := CheckString(c.InstanceID); err != nil {
+		return fmt.Errorf("instance id %w", err)
+	}
+	if strings.ContainsAny(c.InstanceID, "/+#") {
+		return fmt.Errorf("instance id %q must be a single topic level without wildcards", c.InstanceID)
+	}
+	if c.DefaultTimeout <= 0 {
+		c.DefaultTimeout = 10 * time.Second
+	}
+	if c.RememberFinished <= 0 {
+		c.RememberFinished = 4096
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Gateway turns requests into MQTT v5 publishes and waits for their replies.
+// All its methods are safe to be called concurrently.
+type Gateway struct {
+	cfg           Config
+	transport     Transport
+	responseTopic string
+	log           *slog.Logger
+	pending       *pendingMap
+
+	// connected is true between ConnectionUp and ConnectionDown.
+	connected atomic.Bool
+	closed    atomic.Bool
+	closeOnce sync.Once
+}
+
+// New returns a Gateway that talks through t. Call Start before Request.
+func New(cfg Config, t Transport) (*Gateway, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	return &Gateway{
+		cfg:           cfg,
+		transport:     t,
+		responseTopic: cfg.ResponsePrefix + "/" + cfg.InstanceID,
+		log:           cfg.Logger,
+		pending:       newPendingMap(cfg.RememberFinished),
+	}, nil
+}
+
+// Start connects the transport and makes the response subscription. The
+// gateway is ready once the transport reports the subscription is up; use
+// Ready to check.
+func (g *Gateway) Start(ctx context.Context) error {
+	return g.transport.Connect(ctx, g.responseTopic, g)
+}
+
+// ResponseTopic is the topic this instance receives its replies on.
+func (g *Gateway) ResponseTopic() string { return g.responseTopic }
+
+// ResponsePrefix is the prefix all replicas' response topics share.
+func (g *Gateway) ResponsePrefix() string { return g.cfg.ResponsePrefix }
+
+// Ready returns nil when requests can be served, or why not.
+func (g *Gateway) Ready() error {
+	switch {
+	case g.closed.Load():
+		return ErrClosed
+	case !g.connected.Load():
+		return ErrNotConnected
+	}
+	return nil
+}
+
+// Request publishes req with a fresh Response Topic and Correlation Data
+// and waits for the matching reply until ctx ends, or for the configured
+// default timeout if ctx has no deadline.
+func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
+	if err := g.check(&req); err != nil {
+		return Reply{}, err
+	}
+	if err := g.Ready(); err != nil {
+		return Reply{}, err
+	}
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, g.cfg.DefaultTimeout)
+		defer cancel()
+		deadline, _ = ctx.Deadline()
+	}
+
+	start := time.Now()
+	id := uuid.NewString()
+	// Register before publishing: a fast responder may answer before
+	// Publish returns.
+	ch, ok := g.pending.add(id)
+	if !ok {
+		return Reply{}, ErrClosed
+	}
+	err := g.transport.Publish(ctx, &Message{
+		Topic:           req.Topic,
+		Payload:         req.Payload,
+		QoS:             req.QoS,
+		ContentType:     req.ContentType,
+		ResponseTopic:   g.responseTopic,
+		CorrelationData: []byte(id),
+		MessageExpiry:   expirySeconds(deadline, start),
+		UserProperties:  req.UserProperties,
+	})
+	if err != nil {
+		g.pending.remove(id)
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w: publish not acknowledged in time", ErrTimeout)
+		}
+		return Reply{}, err
+	}
+
+	select {
+	case r := <-ch:
+		return r.reply()
+	case <-ctx.Done():
+		if !g.pending.remove(id) {
+			// A reply or failure won the race with the deadline; it is
+			// already in ch, and the responder did its work: use it.
+			return (<-ch).reply()
+		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return Reply{}, fmt.Errorf("%w: no reply on %q within %s", ErrTimeout, req.Topic, waited(start, deadline))
+		}
+		return Reply{}, fmt.Errorf("gateway: request abandoned: %w", ctx.Err())
+	}
+}
+
+// waited is the timeout a request had, for messages: the deadline may
+// come from the caller's context rather than from a duration we were given.
+func waited(start, deadline time.Time) time.Duration {
+	return deadline.Sub(start).Round(time.Millisecond)
+}
+
+func (r result) reply() (Reply, error) {
+	if r.err != nil {
+		return Reply{}, r.err
+	}
+	return Reply{
+		Payload:        r.msg.Payload,
+		ContentType:    r.msg.ContentType,
+		UserProperties: r.msg.UserProperties,
+	}, nil
+}
+
+// check rejects what must never reach the broker: a strict broker or
+// responder library drops its connection on it, failing every request in
+// flight.
+func (g *Gateway) check(req *Request) error {
+	if err := CheckTopic(req.Topic, g.cfg.ResponsePrefix); err != nil {
+		return invalid("topic", "%v", err)
+	}
+	if req.QoS > 2 {
+		return invalid("qos", "%d is not 0, 1 or 2", req.QoS)
+	}
+	if err := CheckString(req.ContentType); err != nil {
+		return invalid("content type", "it %v", err)
+	}
+	for _, p := range req.UserProperties {
+		if err := CheckString(p.Key); err != nil {
+			return invalid("user property", "key %q %v", p.Key, err)
+		}
+		if err := CheckString(p.Value); err != nil {
+			return invalid("user property", "value of %q %v", p.Key, err)
+		}
+	}
+	return nil
+}
+
+// HandleReply matches a message from the response topic to its waiting
+// request. Transports call it; it never blocks.
+func (g *Gateway) HandleReply(m *Message) {
+	g.pending.deliver(string(m.CorrelationData), m)
+}
+
+// ConnectionUp marks the gateway ready; transports call it once the
+// response subscription is acknowledged.
+func (g *Gateway) ConnectionUp() {
+	g.connected.Store(true)
+	g.log.Info("broker connection up", "response_topic", g.responseTopic)
+}
+
+// ConnectionDown fails every waiting request at once: their replies can't
+// arrive on a connection that is gone, so waiting would only turn a fast
+// 503 into a slow 504.
+func (g *Gateway) ConnectionDown(err error) {
+	g.connected.Store(false)
+	g.log.Warn("broker connection down", "error", err, "failed_requests", g.pending.len())
+	g.pending.failAll(fmt.Errorf("%w: connection lost while waiting for the reply", ErrNotConnected), false)
+}
+
+// Close fails every waiting request with ErrClosed, refuses new ones and
+// closes the transport.
+func (g *Gateway) Close(ctx context.Context) error {
+	var err error
+	g.closeOnce.Do(func() {
+		g.closed.Store(true)
+		g.pending.failAll(fmt.Errorf("%w: the gateway is shutting down", ErrClosed), true)
+		g.connected.Store(false)
+		err = g.transport.Close(ctx)
+	})
+	return err
+}
+
+// Stats is a snapshot of the gateway's counters.
+type Stats struct {
+	Pending    int    // requests waiting for a reply now
+	Late       uint64 // replies that came after their request ended
+	Duplicates uint64 // replies to a request that was already answered
+	Unknown    uint64 // replies with correlation data nobody sent (or long forgotten)
+}
+
+// Stats returns the current counters.
+func (g *Gateway) Stats() Stats {
+	return Stats{
+		Pending:    g.pending.len(),
+		Late:       g.pending.late.Load(),
+		Duplicates: g.pending.duplicates.Load(),
+		Unknown:    g.pending.unknown.Load(),
+	}
+}

@@ -1,0 +1,336 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// fakeTransport records publishes and lets the test play the broker.
+type fakeTransport struct {
+	mu        sync.Mutex
+	h         Handler
+	published chan *Message
+	err       error // returned by Publish
+}
+
+func newFake() *fakeTransport { return &fakeTransport{published: make(chan *Message, 16)} }
+
+func (f *fakeTransport) Connect(_ context.Context, _ string, h Handler) error {
+	f.mu.Lock()
+	f.h = h
+	f.mu.Unlock()
+	h.ConnectionUp()
+	return nil
+}
+
+func (f *fakeTransport) Publish(_ context.Context, m *Message) error {
+	if f.err != nil {
+		return f.err
+	}
+	f.published <- m
+	return nil
+}
+
+func (f *fakeTransport) Close(context.Context) error { return nil }
+
+func newTestGateway(t *testing.T, f *fakeTransport) *Gateway {
+	t.Helper()
+	g, err := New(Config{InstanceID: "test", RememberFinished: 8}, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close(context.Background()) })
+	return g
+}
+
+type outcome struct {
+	reply Reply
+	err   error
+}
+
+// request runs g.Request in the background and returns the message it
+// published and a channel with its outcome.
+func request(t *testing.T, g *Gateway, f *fakeTransport, ctx context.Context, req Request) (*Message, <-chan outcome) {
+	t.Helper()
+	out := make(chan outcome, 1)
+	go func() {
+		r, err := g.Request(ctx, req)
+		out <- outcome{r, err}
+	}()
+	select {
+	case m := <-f.published:
+		return m, out
+	case o := <-out:
+		t.Fatalf("request ended before publishing: %v", o.err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing published")
+	}
+	return nil, nil
+}
+
+func wait(t *testing.T, out <-chan outcome) outcome {
+	t.Helper()
+	select {
+	case o := <-out:
+		return o
+	case <-time.After(5 * time.Second):
+		t.Fatal("request did not end")
+		return outcome{}
+	}
+}
+
+func assertEmpty(t *testing.T, g *Gateway) {
+	t.Helper()
+	if n := g.Stats().Pending; n != 0 {
+		t.Fatalf("pending map holds %d entries, want 0", n)
+	}
+}
+
+func TestRequestPublishesWithResponseTopicAndCorrelation(t *testing.T) {
+	f := newFake()
+	g := newTestGateway(t, f)
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	req := Request{
+		Topic: "svc/echo", Payload: []byte("hi"), ContentType: "text/plain", QoS: 2,
+		UserProperties: []UserProperty{{"a", "1"}, {"a", "2"}},
+	}
+	m, out := request(t, g, f, ctx, req)
+
+	if m.Topic != "svc/echo" || string(m.Payload) != "hi" || m.ContentType != "text/plain" || m.QoS != 2 {
+		t.Errorf("published %+v", m)
+	}
+	if m.ResponseTopic != "mqttgw/reply/test" || g.ResponseTopic() != m.ResponseTopic {
+		t.Errorf("response topic %q", m.ResponseTopic)
+	}
+	if len(m.CorrelationData) != 36 {
+		t.Errorf("correlation data %q is not a uuid", m.CorrelationData)
+	}
+	if m.MessageExpiry != 2 { // 1.5s rounded up
+		t.Errorf("message expiry %d, want 2", m.MessageExpiry)
+	}
+	if len(m.UserProperties) != 2 || m.UserProperties[1] != (UserProperty{"a", "2"}) {
+		t.Errorf("user properties %v", m.UserProperties)
+	}
+
+	g.HandleReply(&Message{CorrelationData: m.CorrelationData, Payload: []byte("ho"), ContentType: "x/y",
+		UserProperties: []UserProperty{{"k", "v"}}})
+	o := wait(t, out)
+	if o.err != nil || string(o.reply.Payload) != "ho" || o.reply.ContentType != "x/y" || o.reply.UserProperties[0].Value != "v" {
+		t.Fatalf("got %+v, %v", o.reply, o.err)
+	}
+	assertEmpty(t, g)
+}
+
+func TestCorrelationDataIsUnique(t *testing.T) {
+	f := newFake()
+	g := newTestGateway(t, f)
+	seen := map[string]bool{}
+	for range 100 {
+		m, out := request(t, g, f, context.Background(), Request{Topic: "t"})
+		if seen[string(m.CorrelationData)] {
+			t.Fatalf("correlation data %q reused", m.CorrelationData)
+		}
+		seen[string(m.CorrelationData)] = true
+		g.HandleReply(&Message{CorrelationData: m.CorrelationData})
+		wait(t, out)
+	}
+}
+
+func TestLateDuplicateAndUnknownReplies(t *testing.T) {
+	f := newFake()
+	g := newTestGateway(t, f)
+
+	// Late: the request timed out before the reply came.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	m, out := request(t, g, f, ctx, Request{Topic: "slow"})
+	if o := wait(t, out); !errors.Is(o.err, ErrTimeout) {
+		t.Fatalf("got %v, want ErrTimeout", o.err)
+	}
+	assertEmpty(t, g)
+	g.HandleReply(&Message{CorrelationData: m.CorrelationData})
+
+	// Duplicate: the first reply wins, the second is dropped.
+	m, out = request(t, g, f, context.Background(), Request{Topic: "dup"})
+	g.HandleReply(&Message{CorrelationData: m.CorrelationData, Payload: []byte("first")})
+	g.HandleReply(&Message{CorrelationData: m.CorrelationData, Payload: []byte("second")})
+	if o := wait(t, out); string(o.reply.Payload) != "first" {
+		t.Fatalf("got %q, want the first reply", o.reply.Payload)
+	}
+
+	// Unknown: nobody ever asked.
+	g.HandleReply(&Message{CorrelationData: []byte("nobody-asked")})
+	g.HandleReply(&Message{})
+
+	st := g.Stats()
+	if st.Late != 1 || st.Duplicates != 1 || st.Unknown != 2 || st.Pending != 0 {
+		t.Fatalf("stats %+v, want 1 late, 1 duplicate, 2 unknown, 0 pending", st)
+	}
+}
+
+func TestRecentIDsAreBounded(t *testing.T) {
+	f := newFake()
+	g := newTestGateway(t, f) // remembers 8
+	var first []byte
+	for i := range 20 {
+		m, out := request(t, g, f, context.Background(), Request{Topic: "t"})
+		if i == 0 {
+			first = m.CorrelationData
+		}
+		g.HandleReply(&Message{CorrelationData: m.CorrelationData})
+		wait(t, out)
+	}
+	if n := len(g.pending.recentKind); n != 8 {
+		t.Fatalf("remembers %d ids, want 8", n)
+	}
+	// Forgotten long ago: counted as unknown, not duplicate.
+	g.HandleReply(&Message{CorrelationData: first})
+	if st := g.Stats(); st.Unknown != 1 || st.Duplicates != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestCancelBeforeReply(t *testing.T) {
+	f := newFake()
+	g := newTestGateway(t, f)
+	ctx, cancel := context.WithCancel(context.Background())
+	m, out := request(t, g, f, ctx, Request{Topic: "t"})
+	cancel()
+	o := wait(t, out)
+	if !errors.Is(o.err, context.Canceled) || errors.Is(o.err, ErrTimeout) {
+		t.Fatalf("got %v, want context.Canceled", o.err)
+	}
+	assertEmpty(t, g)
+	g.HandleReply(&Message{CorrelationData: m.CorrelationData})
+	if st := g.Stats(); st.Late != 1 {
+		t.Fatalf("stats %+v, want the reply counted late", st)
+	}
+}
+
+func TestShutdownWhileWaiting(t *testing.T) {
+	f := newFake()
+	g := newTestGateway(t, f)
+	_, out1 := request(t, g, f, context.Background(), Request{Topic: "a"})
+	_, out2 := request(t, g, f, context.Background(), Request{Topic: "b"})
+	if err := g.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, out := range []<-chan outcome{out1, out2} {
+		if o := wait(t, out); !errors.Is(o.err, ErrClosed) {
+			t.Fatalf("got %v, want ErrClosed", o.err)
+		}
+	}
+	assertEmpty(t, g)
+	if _, err := g.Request(context.Background(), Request{Topic: "c"}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v, want ErrClosed", err)
+	}
+	if !errors.Is(g.Ready(), ErrClosed) {
+		t.Fatalf("Ready after Close: %v", g.Ready())
+	}
+}
+
+func TestConnectionDownFailsWaitersAtOnce(t *testing.T) {
+	f := newFake()
+	g := newTestGateway(t, f)
+	_, out := request(t, g, f, context.Background(), Request{Topic: "a"})
+	g.ConnectionDown(errors.New("broker went away"))
+	if o := wait(t, out); !errors.Is(o.err, ErrNotConnected) {
+		t.Fatalf("got %v, want ErrNotConnected", o.err)
+	}
+	assertEmpty(t, g)
+	if _, err := g.Request(context.Background(), Request{Topic: "a"}); !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("while down: %v, want ErrNotConnected", err)
+	}
+	g.ConnectionUp()
+	if err := g.Ready(); err != nil {
+		t.Fatalf("Ready after reconnect: %v", err)
+	}
+}
+
+func TestPublishErrorsRemoveTheEntry(t *testing.T) {
+	for _, perr := range []error{ErrNoResponders, &PublishError{ReasonCode: 0x87}, context.DeadlineExceeded} {
+		f := newFake()
+		f.err = perr
+		g := newTestGateway(t, f)
+		_, err := g.Request(context.Background(), Request{Topic: "t"})
+		if perr == context.DeadlineExceeded {
+			perr = ErrTimeout
+		}
+		if !errors.Is(err, perr) {
+			t.Fatalf("got %v, want %v", err, perr)
+		}
+		assertEmpty(t, g)
+	}
+}
+
+func TestInvalidRequests(t *testing.T) {
+	f := newFake()
+	g := newTestGateway(t, f)
+	for _, tt := range []struct {
+		req   Request
+		field string
+	}{
+		{Request{Topic: "a/#"}, "topic"},
+		{Request{Topic: "mqttgw/reply/other"}, "topic"},
+		{Request{Topic: "a", QoS: 3}, "qos"},
+		{Request{Topic: "a", ContentType: "text/\x01"}, "content type"},
+		{Request{Topic: "a", UserProperties: []UserProperty{{"k\xff", "v"}}}, "user property"},
+		{Request{Topic: "a", UserProperties: []UserProperty{{"k", "\uFFFF"}}}, "user property"},
+	} {
+		_, err := g.Request(context.Background(), tt.req)
+		var inv *InvalidError
+		if !errors.As(err, &inv) || inv.Field != tt.field || !errors.Is(err, ErrInvalidRequest) {
+			t.Errorf("%+v: got %v, want invalid %s", tt.req, err, tt.field)
+		}
+	}
+	if len(f.published) != 0 {
+		t.Fatal("an invalid request was published")
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	for _, cfg := range []Config{
+		{ResponsePrefix: "a/+"},
+		{ResponsePrefix: "$SYS/x"},
+		{ResponsePrefix: "x/"},
+		{InstanceID: "a/b"},
+		{InstanceID: "a#"},
+		{InstanceID: "\x00"},
+	} {
+		if _, err := New(cfg, newFake()); err == nil {
+			t.Errorf("New(%+v) accepted", cfg)
+		}
+	}
+	g, err := New(Config{}, newFake())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(g.Ready(), ErrNotConnected) {
+		t.Fatal("ready before Start")
+	}
+}
+
+func TestExpirySeconds(t *testing.T) {
+	now := time.Now()
+	for _, tt := range []struct {
+		left time.Duration
+		want uint32
+	}{{-time.Second, 1}, {time.Millisecond, 1}, {time.Second, 1}, {time.Second + 1, 2}, {60 * time.Second, 60}} {
+		if got := expirySeconds(now.Add(tt.left), now); got != tt.want {
+			t.Errorf("expirySeconds(%s) = %d, want %d", tt.left, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,140 @@
+// Package gatewaytest provides real MQTT v5 responders, built on
+// paho.golang, for tests of the gateway against a real broker.
+package gatewaytest
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
+)
+
+// Handler turns a request into a reply, or returns nil to stay silent. The
+// Responder sets the reply's topic and correlation data. Handlers run
+// concurrently, one goroutine per request, so replies may go out in any
+// order.
+type Handler func(req *paho.Publish) *paho.Publish
+
+// Echo replies with the request's payload, content type and user
+// properties.
+func Echo(req *paho.Publish) *paho.Publish {
+	return &paho.Publish{
+		QoS:     1,
+		Payload: req.Payload,
+		Properties: &paho.PublishProperties{
+			ContentType: req.Properties.ContentType,
+			User:        req.Properties.User,
+		},
+	}
+}
+
+// Responder is a paho client subscribed to a filter, answering requests.
+type Responder struct {
+	cm      *autopaho.ConnectionManager
+	handled atomic.Int64
+	ctx     context.Context
+
+	mu       sync.Mutex
+	stopped  bool           // Lock should be held.
+	inflight sync.WaitGroup // Add only with the lock held and !stopped.
+}
+
+// Handled is the number of requests the responder has received.
+func (r *Responder) Handled() int64 { return r.handled.Load() }
+
+// StartResponder connects to the MQTT broker at serverURL (mqtt://host:port
+// or ws://host:port/), subscribes to filter and answers each request with h. It returns once the
+// subscription is acknowledged; the test's cleanup disconnects it.
+func StartResponder(tb testing.TB, serverURL, filter string, qos byte, h Handler) *Responder {
+	tb.Helper()
+	u, err := url.Parse(serverURL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Responder{ctx: ctx}
+	subscribed := make(chan error, 1)
+	cm, err := autopaho.NewConnection(ctx, autopaho.ClientConfig{
+		ServerUrls:                    []*url.URL{u},
+		KeepAlive:                     30,
+		CleanStartOnInitialConnection: true,
+		ConnectTimeout:                5 * time.Second,
+		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
+			// OnConnectionUp must not block: subscribe elsewhere.
+			go func() {
+				sa, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: qos}}})
+				if err == nil && len(sa.Reasons) == 1 && sa.Reasons[0] >= 0x80 {
+					err = fmt.Errorf("subscribe %q refused: reason 0x%02x", filter, sa.Reasons[0])
+				}
+				select {
+				case subscribed <- err:
+				default:
+				}
+			}()
+		},
+		ClientConfig: paho.ClientConfig{
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+				func(pr paho.PublishReceived) (bool, error) {
+					r.handled.Add(1)
+					r.mu.Lock()
+					defer r.mu.Unlock()
+					if !r.stopped {
+						r.inflight.Add(1)
+						// paho reads the next packet only after this
+						// returns: answer from another goroutine.
+						go r.answer(pr.Packet, h)
+					}
+					return true, nil
+				},
+			},
+		},
+	})
+	if err != nil {
+		cancel()
+		tb.Fatal(err)
+	}
+	r.cm = cm
+	tb.Cleanup(func() {
+		r.mu.Lock()
+		r.stopped = true
+		r.mu.Unlock()
+		r.inflight.Wait()
+		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer dcancel()
+		_ = cm.Disconnect(dctx)
+		cancel()
+	})
+	select {
+	case err := <-subscribed:
+		if err != nil {
+			tb.Fatalf("responder on %q: %v", filter, err)
+		}
+	case <-time.After(10 * time.Second):
+		tb.Fatalf("responder on %q: no SUBACK within 10s", filter)
+	}
+	return r
+}
+
+func (r *Responder) answer(req *paho.Publish, h Handler) {
+	defer r.inflight.Done()
+	reply := h(req)
+	if reply == nil || req.Properties == nil || req.Properties.ResponseTopic == "" {
+		return
+	}
+	reply.Topic = req.Properties.ResponseTopic
+	if reply.Properties == nil {
+		reply.Properties = &paho.PublishProperties{}
+	}
+	if reply.Properties.CorrelationData == nil {
+		reply.Properties.CorrelationData = req.Properties.CorrelationData
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, 5*time.Second)
+	defer cancel()
+	_, _ = r.cm.Publish(ctx, reply)
+}

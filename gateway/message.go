@@ -1,0 +1,83 @@
+// Package gateway is the request/response core of mqttgw: it publishes a
+// request as an MQTT v5 PUBLISH carrying a Response Topic and Correlation
+// Data, and waits for the matching reply. It knows nothing of HTTP or of the
+// broker behind the Transport.
+package gateway
+
+import (
+	"context"
+	"time"
+)
+
+// UserProperty is one MQTT v5 user property. Order and duplicates are
+// significant [MQTT-3.3.2-18], so properties travel as a slice, not a map.
+type UserProperty struct {
+	Key, Value string
+}
+
+// Request is what a caller asks the gateway to publish.
+type Request struct {
+	Topic          string
+	Payload        []byte
+	ContentType    string
+	UserProperties []UserProperty
+	QoS            byte
+}
+
+// Reply is the responder's answer to a Request.
+type Reply struct {
+	Payload        []byte
+	ContentType    string
+	UserProperties []UserProperty
+}
+
+// Message is an MQTT v5 PUBLISH as the gateway and its transports see it.
+type Message struct {
+	Topic           string
+	Payload         []byte
+	QoS             byte
+	ContentType     string
+	ResponseTopic   string
+	CorrelationData []byte
+	// MessageExpiry is the Message Expiry Interval in seconds; 0 means none.
+	MessageExpiry  uint32
+	UserProperties []UserProperty
+}
+
+// Transport carries messages between a Gateway and an MQTT broker. The
+// gateway calls Connect once, then Publish concurrently from many
+// goroutines, then Close once.
+type Transport interface {
+	// Connect subscribes to responseTopic and delivers every message
+	// published there to h, now and after every reconnect. It reports
+	// h.ConnectionUp once the subscription is acknowledged and
+	// h.ConnectionDown when the connection is lost. It returns once the
+	// first connection attempt is under way; ctx bounds only that start.
+	Connect(ctx context.Context, responseTopic string, h Handler) error
+	// Publish sends m. It returns ErrNoResponders when the broker says (or
+	// the transport knows) that nobody is subscribed to m.Topic,
+	// ErrNotConnected while there is no connection, and a *PublishError
+	// when the broker refuses the message. It must be safe for concurrent use.
+	Publish(ctx context.Context, m *Message) error
+	// Close disconnects and waits for the transport's goroutines to end.
+	Close(ctx context.Context) error
+}
+
+// Handler receives what a Transport reads from the broker. Its methods may
+// be called from the transport's read loop, so they must never block.
+type Handler interface {
+	HandleReply(m *Message)
+	ConnectionUp()
+	ConnectionDown(err error)
+}
+
+// expirySeconds is the Message Expiry Interval for a deadline: the time left,
+// rounded up so a responder never sees a request as expired before the
+// requester has given up on it.
+func expirySeconds(deadline time.Time, now time.Time) uint32 {
+	left := deadline.Sub(now)
+	if left <= 0 {
+		return 1
+	}
+	return uint32((left + time.Second - 1) / time.Second)
+}

@@ -1,0 +1,138 @@
+package gateway
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// result is what a waiting request receives: a reply or the reason it will
+// never get one.
+type result struct {
+	msg *Message
+	err error
+}
+
+// pendingMap holds the requests waiting for a reply, keyed by correlation
+// data, and remembers the ids of recently finished ones so that a reply
+// arriving after its request ended can be told apart from one nobody asked
+// for. All its methods are safe for concurrent use.
+type pendingMap struct {
+	mu      sync.Mutex
+	waiting map[string]chan result // Lock should be held.
+	closed  bool                   // Lock should be held.
+
+	// recent is a ring of finished ids; recentKind says how each ended.
+	// Both are bounded by len(recent), so they can't grow with traffic.
+	recent     []string
+	recentNext int
+	recentKind map[string]finish
+
+	late       atomic.Uint64
+	duplicates atomic.Uint64
+	unknown    atomic.Uint64
+}
+
+// finish is how a pending request ended.
+type finish uint8
+
+const (
+	answered  finish = iota + 1 // a reply arrived; more replies are duplicates
+	abandoned                   // deadline, cancel, failure; replies are late
+)
+
+func newPendingMap(remember int) *pendingMap {
+	return &pendingMap{
+		waiting:    make(map[string]chan result),
+		recent:     make([]string, remember),
+		recentKind: make(map[string]finish, remember),
+	}
+}
+
+// add registers id and returns the channel its reply will arrive on, or
+// false once the map is closed.
+func (p *pendingMap) add(id string) (chan result, bool) {
+	ch := make(chan result, 1)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, false
+	}
+	p.waiting[id] = ch
+	return ch, true
+}
+
+// remove drops id after its waiter gave up. It reports false if a reply or
+// a failure got there first (the result is then in the channel).
+func (p *pendingMap) remove(id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.waiting[id]; !ok {
+		return false
+	}
+	delete(p.waiting, id)
+	p.remember(id, abandoned)
+	return true
+}
+
+// deliver hands m to the request waiting on id without ever blocking, and
+// counts replies that match no waiting request.
+func (p *pendingMap) deliver(id string, m *Message) {
+	p.mu.Lock()
+	ch, ok := p.waiting[id]
+	var kind finish
+	if ok {
+		delete(p.waiting, id)
+		p.remember(id, answered)
+	} else {
+		kind = p.recentKind[id]
+	}
+	p.mu.Unlock()
+
+	if ok {
+		// Cap 1 and a single sender under the lock: this never blocks.
+		ch <- result{msg: m}
+		return
+	}
+	switch kind {
+	case answered:
+		p.duplicates.Add(1)
+	case abandoned:
+		p.late.Add(1)
+	default:
+		p.unknown.Add(1)
+	}
+}
+
+// failAll ends every waiting request with err; with closing set, it also
+// refuses all later adds.
+func (p *pendingMap) failAll(err error, closing bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = p.closed || closing
+	for id, ch := range p.waiting {
+		delete(p.waiting, id)
+		p.remember(id, abandoned)
+		ch <- result{err: err}
+	}
+}
+
+// len is the number of waiting requests.
+func (p *pendingMap) len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.waiting)
+}
+
+// remember records how id ended, forgetting the oldest id once the ring is
+// full. Lock should be held.
+func (p *pendingMap) remember(id string, kind finish) {
+	if len(p.recent) == 0 {
+		return
+	}
+	if old := p.recent[p.recentNext]; old != "" {
+		delete(p.recentKind, old)
+	}
+	p.recent[p.recentNext] = id
+	p.recentKind[id] = kind
+	p.recentNext = (p.recentNext + 1) % len(p.recent)
+}

@@ -1,0 +1,67 @@
+package gateway
+
+import (
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// maxStringLen is the longest UTF-8 string MQTT can carry [MQTT-1.5.4-1].
+const maxStringLen = 65535
+
+// CheckString reports why s can't travel as an MQTT UTF-8 string without a
+// strict peer dropping the connection, or nil if it can: s must be valid
+// UTF-8 without NUL [MQTT-1.5.4-2], control characters or Unicode
+// non-characters [MQTT-1.5.4-3], and at most 65,535 bytes long.
+func CheckString(s string) error {
+	if len(s) > maxStringLen {
+		return fmt.Errorf("is %d bytes long, more than the %d that MQTT allows", len(s), maxStringLen)
+	}
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			return fmt.Errorf("is not valid UTF-8 (at byte %d)", i)
+		case r == 0:
+			return fmt.Errorf("contains a NUL character (at byte %d)", i)
+		case r < 0x20 || (r >= 0x7f && r <= 0x9f):
+			return fmt.Errorf("contains the control character %U (at byte %d)", r, i)
+		case isNonCharacter(r):
+			return fmt.Errorf("contains the Unicode non-character %U (at byte %d)", r, i)
+		}
+	}
+	return nil
+}
+
+// isNonCharacter reports whether r is one of Unicode's 66 non-characters.
+func isNonCharacter(r rune) bool {
+	return (r >= 0xFDD0 && r <= 0xFDEF) || r&0xFFFE == 0xFFFE
+}
+
+// CheckTopic reports why name can't be a request topic, or nil if it can.
+// Beyond CheckString, a topic name must be non-empty and free of wildcards
+// [MQTT-3.3.2-2], must not start with '$' (reserved for the broker
+// [MQTT-4.7.2-1]), and must not fall under reservedPrefix, where the
+// gateways read their replies.
+func CheckTopic(name, reservedPrefix string) error {
+	if name == "" {
+		return fmt.Errorf("topic is empty")
+	}
+	if err := CheckString(name); err != nil {
+		return fmt.Errorf("topic %w", err)
+	}
+	if i := strings.IndexAny(name, "+#"); i >= 0 {
+		return fmt.Errorf("topic contains the wildcard %q (at byte %d); a request goes to one topic name, not a filter", name[i], i)
+	}
+	if name[0] == '$' {
+		return fmt.Errorf("topic starts with '$', which MQTT reserves for the broker")
+	}
+	if reservedPrefix != "" && under(name, reservedPrefix) {
+		return fmt.Errorf("topic is under %q, where gateways receive replies", reservedPrefix)
+	}
+	return nil
+}
+
+// under reports whether topic is prefix itself or one of its sub-levels.
+func under(topic, prefix string) bool {
+	return topic == prefix || (strings.HasPrefix(topic, prefix) && topic[len(prefix)] == '/')
+}
