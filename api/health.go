@@ -17,9 +17,10 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 
 // readyz is 200 only while the broker connection is up and the response
 // subscription is acknowledged.
-func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	if err := s.gw.Ready(); err != nil {
-		s.writeError(w, r, err)
+		kind, detail := classify(err)
+		s.writeProblem(w, kind, detail)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

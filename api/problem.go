@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
 
 	"github.com/mqttgw/mqttgw/gateway"
 )
@@ -106,7 +109,10 @@ func classify(err error) (problemKind, string) {
 // writeError answers with the problem for err.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	kind, detail := classify(err)
-	if kind.status >= 500 && kind != probNoResponders && kind != probTimeout {
+	switch kind {
+	case probInternal, probBrokerRejected, probBadReply:
+		// Worth an operator's look; the other failures are states the
+		// request log line already shows.
 		s.log.Warn("request failed", "path", r.URL.EscapedPath(), "status", kind.status, "error", err)
 	}
 	s.writeProblem(w, kind, detail)
@@ -132,6 +138,15 @@ func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
 	s.writeProblem(w, probNotFound, fmt.Sprintf("no route for %s; requests go to POST /rpc/{topic}", r.URL.EscapedPath()))
 }
 
+// methodNotAllowed answers 405 with the Allow header RFC 9110 §15.5.6
+// requires; chi sets it only in its own default handler.
 func (s *Server) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
-	s.writeProblem(w, probMethodNotAllowed, fmt.Sprintf("%s is not allowed on %s", r.Method, r.URL.EscapedPath()))
+	var allowed []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		if s.mux.Match(chi.NewRouteContext(), m, r.URL.Path) {
+			allowed = append(allowed, m)
+		}
+	}
+	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	s.writeProblem(w, probMethodNotAllowed, fmt.Sprintf("%s is not allowed on %s; use %s", r.Method, r.URL.EscapedPath(), strings.Join(allowed, " or ")))
 }

@@ -24,5 +24,6 @@ func (s *Server) routes() http.Handler {
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
 	r.Post("/rpc/*", s.rpc)
+	s.mux = r
 	return r
 }

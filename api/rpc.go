@@ -134,17 +134,19 @@ func parseTimeout(q url.Values, def, max time.Duration) (time.Duration, error) {
 	d, err := time.ParseDuration(*v)
 	if err != nil {
 		secs, ferr := strconv.ParseFloat(*v, 64)
-		if ferr != nil || math.IsNaN(secs) || math.IsInf(secs, 0) {
-			return 0, fmt.Errorf("timeout %q is neither a duration such as 1.5s or 500ms nor a number of seconds", *v)
-		}
-		if secs > max.Seconds() {
+		switch {
+		case ferr != nil || math.IsNaN(secs) || math.IsInf(secs, 0):
+			// Also what ParseDuration says of a duration too large for
+			// time.Duration ("9999999h"), so name the maximum here too.
+			return 0, fmt.Errorf("timeout %q is not a duration such as 1.5s or 500ms, nor a number of seconds, up to the maximum of %s", *v, max)
+		case secs > max.Seconds():
 			return 0, fmt.Errorf("timeout %q is above the maximum of %s", *v, max)
 		}
 		d = time.Duration(secs * float64(time.Second))
 	}
 	switch {
 	case d <= 0:
-		return 0, fmt.Errorf("timeout %q must be positive", *v)
+		return 0, fmt.Errorf("timeout %q must be positive (and at most %s)", *v, max)
 	case d > max:
 		return 0, fmt.Errorf("timeout %q is above the maximum of %s", *v, max)
 	}
@@ -203,7 +205,8 @@ func replyStatus(reply gateway.Reply) (int, error) {
 			continue
 		}
 		code, err := strconv.Atoi(p.Value)
-		if err != nil || code < 200 || code > 599 {
+		// Three plain digits: Atoi alone would take "+201" or "0201".
+		if err != nil || len(p.Value) != 3 || p.Value[0] < '0' || p.Value[0] > '9' || code < 200 || code > 599 {
 			return 0, errBadReply{fmt.Sprintf("the responder's %s %q is not an integer from 200 to 599", statusProperty, p.Value)}
 		}
 		return code, nil

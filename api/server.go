@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/go-chi/chi/v5"
+
 	"github.com/mqttgw/mqttgw/gateway"
 )
 
@@ -64,6 +66,7 @@ type Server struct {
 	gw      Gateway
 	cfg     Config
 	handler http.Handler
+	mux     *chi.Mux // for the Allow header of 405s
 
 	// droppedProperties counts reply user properties that could not be
 	// written as a header value.

@@ -53,7 +53,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("response prefix %q must be a topic name without wildcards, leading '$' or surrounding '/'", c.ResponsePrefix)
 	}
 	if c.InstanceID == "" {
-		c.InstanceID = strings.ReplaceAll(uuid.NewString(), "-", "")[:16]
+		c.InstanceID = NewInstanceID()
 	}
 	if err := CheckString(c.InstanceID); err != nil {
 		return fmt.Errorf("instance id %w", err)
@@ -71,6 +71,12 @@ func (c *Config) setDefaults() error {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return nil
+}
+
+// NewInstanceID returns a random instance id: 16 hex digits, enough that
+// replicas never pick the same one.
+func NewInstanceID() string {
+	return strings.ReplaceAll(uuid.NewString(), "-", "")[:16]
 }
 
 // Gateway turns requests into MQTT v5 publishes and waits for their replies.

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
+	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,8 +22,13 @@ import (
 
 // config is everything the command line and MQTTGW_* variables set.
 type config struct {
-	HTTPAddr       string
-	Broker         string
+	HTTPAddr string
+	Broker   string
+	// BrokerURL is the external broker, or nil for the embedded one.
+	BrokerURL      *url.URL
+	BrokerUsername string
+	BrokerPassword string
+	BrokerTLS      *tls.Config
 	MQTTAddr       string
 	WSAddr         string
 	InstanceID     string
@@ -39,12 +49,18 @@ var errHelp = errors.New("help requested")
 func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (config, error) {
 	cfg := config{API: api.DefaultConfig()}
 	maxBody := byteSize(cfg.API.MaxBody)
+	var brokerCA, brokerCert, brokerKey string
 	qos := uint(cfg.API.DefaultQoS)
 
 	fs := flag.NewFlagSet("mqttgw", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned; --help is printed below
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", ":8080", "HTTP listen address")
-	fs.StringVar(&cfg.Broker, "broker", "embedded", `"embedded" to run the MQTT v5 broker in-process, or an external broker URL (mqtt://host:port)`)
+	fs.StringVar(&cfg.Broker, "broker", "embedded", `"embedded" to run the MQTT v5 broker in-process, or an external broker URL: mqtt://host:port, mqtts://host:port, ws://host:port/path or wss://host:port/path`)
+	fs.StringVar(&cfg.BrokerUsername, "broker-username", "", "username for the external broker")
+	fs.StringVar(&cfg.BrokerPassword, "broker-password", "", "password for the external broker (prefer the environment variable)")
+	fs.StringVar(&brokerCA, "broker-ca", "", "PEM file of CA certificates to verify an mqtts:// or wss:// broker (default: the system's)")
+	fs.StringVar(&brokerCert, "broker-cert", "", "PEM client certificate for an mqtts:// or wss:// broker (with --broker-key)")
+	fs.StringVar(&brokerKey, "broker-key", "", "PEM private key of --broker-cert")
 	fs.StringVar(&cfg.MQTTAddr, "mqtt-addr", ":1883", `embedded broker's MQTT TCP listen address ("" = none)`)
 	fs.StringVar(&cfg.WSAddr, "ws-addr", "", `embedded broker's MQTT-over-WebSocket listen address ("" = none)`)
 	fs.DurationVar(&cfg.API.DefaultTimeout, "timeout", cfg.API.DefaultTimeout, "default per-request timeout (a request's ?timeout overrides it)")
@@ -84,12 +100,50 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 		return cfg, fmt.Errorf("--log-format must be text or json, not %q", cfg.LogFormat)
 	}
 	if cfg.Broker != "embedded" {
-		return cfg, fmt.Errorf("--broker %q: only the embedded broker is supported so far", cfg.Broker)
+		u, err := url.Parse(cfg.Broker)
+		if err != nil || u.Host == "" || !slices.Contains([]string{"mqtt", "mqtts", "ws", "wss"}, u.Scheme) {
+			return cfg, fmt.Errorf("--broker %q: want embedded or a URL such as mqtt://broker:1883, mqtts://…, ws://…/mqtt or wss://…", cfg.Broker)
+		}
+		cfg.BrokerURL = u
+		if u.Scheme == "mqtts" || u.Scheme == "wss" {
+			if cfg.BrokerTLS, err = clientTLS(brokerCA, brokerCert, brokerKey); err != nil {
+				return cfg, err
+			}
+		}
+	}
+	if cfg.InstanceID == "" {
+		cfg.InstanceID = gateway.NewInstanceID()
 	}
 	if cfg.ShutdownGrace < 0 {
 		return cfg, fmt.Errorf("--shutdown-grace must not be negative")
 	}
 	return cfg, nil
+}
+
+// clientTLS is the TLS configuration for an external broker.
+func clientTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("--broker-ca: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--broker-ca %s: no PEM certificate found", caFile)
+		}
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("--broker-cert and --broker-key go together")
+	}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--broker-cert/--broker-key: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
 }
 
 // envName is the variable that sets flag name.
@@ -123,6 +177,7 @@ POST /rpc/{topic} publishes the body on {topic} with a Response Topic and
 Correlation Data, and answers with the responder's reply.
 
 Usage: mqttgw [flags]
+       mqttgw healthcheck [--http-addr ADDR]   exit 0 if the gateway's /readyz is 200
 
 Every flag can also be set with the environment variable shown; flags win.
 

@@ -32,6 +32,9 @@ func main() {
 // run is the whole program: it returns when ctx ends (a signal) and the
 // gateway has shut down, or at once on a configuration or bind error.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "healthcheck" {
+		return healthcheck(ctx, args[1:], getenv, stdout)
+	}
 	cfg, err := parseConfig(args, getenv, stdout)
 	if errors.Is(err, errHelp) {
 		return nil
@@ -85,26 +88,16 @@ func start(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error
 	closers = append(closers, func() { ln.Close() })
 	a.httpAddr = ln.Addr().String()
 
-	a.broker, err = broker.New(broker.Config{
-		TCPAddr:        cfg.MQTTAddr,
-		WSAddr:         cfg.WSAddr,
-		ResponsePrefix: cfg.ResponsePrefix,
-		Logger:         log.With("component", "broker"),
-	})
+	transport, err := a.transport(cfg, log, &closers)
 	if err != nil {
 		return nil, err
 	}
-	closers = append(closers, func() { a.broker.Close() })
-	if err := a.broker.Start(); err != nil {
-		return nil, err
-	}
-
 	a.gw, err = gateway.New(gateway.Config{
 		ResponsePrefix: cfg.ResponsePrefix,
 		InstanceID:     cfg.InstanceID,
 		DefaultTimeout: cfg.API.DefaultTimeout,
 		Logger:         log.With("component", "gateway"),
-	}, a.broker.Transport())
+	}, transport)
 	if err != nil {
 		return nil, err
 	}
@@ -125,12 +118,44 @@ func start(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error
 	}
 	go func() { a.served <- a.http.Serve(ln) }()
 
-	log.Info("mqttgw started",
-		"http_addr", a.httpAddr,
-		"mqtt_addr", a.broker.Addr(),
-		"ws_addr", a.broker.WSAddr(),
-		"response_topic", a.gw.ResponseTopic())
+	attrs := []any{"http_addr", a.httpAddr, "response_topic", a.gw.ResponseTopic()}
+	if a.broker != nil {
+		attrs = append(attrs, "mqtt_addr", a.broker.Addr(), "ws_addr", a.broker.WSAddr())
+	} else {
+		attrs = append(attrs, "broker", cfg.BrokerURL.Redacted())
+	}
+	log.Info("mqttgw started", attrs...)
 	return a, nil
+}
+
+// transport starts the embedded broker and returns its in-process
+// transport, or dials the external broker.
+func (a *app) transport(cfg config, log *slog.Logger, closers *[]func()) (gateway.Transport, error) {
+	if cfg.BrokerURL != nil {
+		return gateway.Dial(gateway.BrokerConfig{
+			URL:      cfg.BrokerURL,
+			ClientID: "mqttgw-" + cfg.InstanceID,
+			Username: cfg.BrokerUsername,
+			Password: cfg.BrokerPassword,
+			TLS:      cfg.BrokerTLS,
+			Logger:   log.With("component", "mqtt-client"),
+		})
+	}
+	b, err := broker.New(broker.Config{
+		TCPAddr:        cfg.MQTTAddr,
+		WSAddr:         cfg.WSAddr,
+		ResponsePrefix: cfg.ResponsePrefix,
+		Logger:         log.With("component", "broker"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	*closers = append(*closers, func() { b.Close() })
+	if err := b.Start(); err != nil {
+		return nil, err
+	}
+	a.broker = b
+	return b.Transport(), nil
 }
 
 // wait serves until ctx ends, then shuts down in reverse order of start:
@@ -157,7 +182,9 @@ func (a *app) wait(ctx context.Context) error {
 		}
 		cancel()
 	}
-	_ = a.broker.Close()
+	if a.broker != nil {
+		_ = a.broker.Close()
+	}
 	a.log.Info("stopped")
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
 		return fmt.Errorf("http server: %w", serveErr)

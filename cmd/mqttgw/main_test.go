@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -23,7 +24,17 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // testConfig is the default configuration on loopback ports chosen by the OS.
@@ -428,7 +439,10 @@ func TestConfig(t *testing.T) {
 		{[]string{"--max-body", "lots"}, nil, "max-body"},
 		{[]string{"--log-format", "xml"}, nil, "log-format"},
 		{[]string{"--log-level", "loud"}, nil, "log-level"},
-		{[]string{"--broker", "mqtt://localhost:1883"}, nil, "embedded"},
+		{[]string{"--broker", "ftp://localhost:1883"}, nil, "embedded"},
+		{[]string{"--broker", "localhost:1883"}, nil, "mqtt://"},
+		{[]string{"--broker", "mqtts://localhost:8883", "--broker-cert", "c.pem"}, nil, "go together"},
+		{[]string{"--broker", "mqtts://localhost:8883", "--broker-ca", "/nonexistent.pem"}, nil, "broker-ca"},
 		{[]string{"--instance-id", "a/b"}, nil, ""},
 		{[]string{"extra"}, nil, "unexpected argument"},
 		{[]string{"--nope"}, nil, "nope"},
@@ -462,5 +476,31 @@ func TestHelpListsEveryFlag(t *testing.T) {
 		if !strings.Contains(out.String(), "--"+f+" ") || !strings.Contains(out.String(), envName(f)) {
 			t.Errorf("--help lacks --%s or %s:\n%s", f, envName(f), out.String())
 		}
+	}
+}
+
+func TestHealthcheck(t *testing.T) {
+	a, _ := mustStart(t, testConfig(t))
+	_, port, _ := net.SplitHostPort(a.httpAddr)
+	var out bytes.Buffer
+	// A wildcard host, as in the default ":8080", means this machine.
+	if err := run(context.Background(), []string{"healthcheck", "--http-addr", ":" + port}, func(string) string { return "" }, &out, io.Discard); err != nil {
+		t.Fatalf("healthcheck of a ready gateway: %v", err)
+	}
+	if out.String() != "ready\n" {
+		t.Fatalf("printed %q", out.String())
+	}
+	env := func(k string) string { return map[string]string{"MQTTGW_HTTP_ADDR": "127.0.0.1:" + port}[k] }
+	if err := run(context.Background(), []string{"healthcheck"}, env, io.Discard, io.Discard); err != nil {
+		t.Fatalf("healthcheck with MQTTGW_HTTP_ADDR: %v", err)
+	}
+	err := run(context.Background(), []string{"healthcheck", "--http-addr", a.httpAddr, "--path", "/nope"}, env, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("healthcheck of a 404: %v", err)
+	}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	ln.Close() // nobody listens there now
+	if err := run(context.Background(), []string{"healthcheck", "--http-addr", ln.Addr().String()}, env, io.Discard, io.Discard); err == nil {
+		t.Fatal("healthcheck succeeded with no gateway")
 	}
 }

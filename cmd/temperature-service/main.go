@@ -70,6 +70,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	brokerURL := fs.String("broker", "mqtt://127.0.0.1:1883", "MQTT v5 broker URL (mqtt://, tls://, ws:// or wss://)")
 	topic := fs.String("topic", "service/temperature/query", "topic filter to answer requests on")
 	qos := fs.Uint("qos", 1, "QoS of the subscription and the replies: 0, 1 or 2")
+	delay := fs.Duration("delay", 0, "wait this long before each reply, to see the gateway's timeouts (504)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			// Asked for, so not an error: stdout, exit status 0.
@@ -98,7 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	s := &service{log: log, topic: *topic, qos: byte(*qos)}
+	s := &service{log: log, topic: *topic, qos: byte(*qos), delay: *delay}
 	return s.serve(ctx, u)
 }
 
@@ -107,7 +108,10 @@ type service struct {
 	log   *slog.Logger
 	topic string
 	qos   byte
+	delay time.Duration
 	cm    *autopaho.ConnectionManager
+	// stopping is closed at the signal; a delayed reply is given up then.
+	stopping <-chan struct{}
 	// ready is closed once cm is set: a request can arrive before
 	// NewConnection has returned it.
 	ready chan struct{}
@@ -121,6 +125,7 @@ func (s *service) serve(ctx context.Context, u *url.URL) error {
 	connCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	s.connCtx = connCtx
+	s.stopping = ctx.Done()
 	s.ready = make(chan struct{})
 
 	s.log.Info("temperature service starting", "broker", u.Redacted(), "topic", s.topic, "qos", s.qos)
@@ -221,6 +226,13 @@ func (s *service) answer(req *paho.Publish) {
 		return
 	}
 
+	if s.delay > 0 {
+		select {
+		case <-time.After(s.delay):
+		case <-s.stopping:
+			return
+		}
+	}
 	body, status := reply(string(req.Payload))
 	props := &paho.PublishProperties{
 		ContentType:     contentType,

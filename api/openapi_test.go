@@ -1,0 +1,796 @@
+package api
+
+// These tests hold openapi.yaml to the code: the routes must be the chi
+// router's, every problem type of problem.go must be listed with its
+// status, and live responses of every kind must validate against it.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/gorillamux"
+	"github.com/go-chi/chi/v5"
+
+	"github.com/mqttgw/mqttgw/gateway"
+)
+
+const (
+	specFile      = "../openapi.yaml"
+	specRPCPath   = "/rpc/{topic}"
+	problemCT     = "application/problem+json"
+	plainTextCT   = "text/plain; charset=utf-8"
+	octetStreamCT = "application/octet-stream"
+)
+
+// specGateway is a Gateway whose behaviour each test sets.
+type specGateway struct {
+	RequestFn func(ctx context.Context, req gateway.Request) (gateway.Reply, error)
+	ReadyFn   func() error
+}
+
+func (g *specGateway) Request(ctx context.Context, req gateway.Request) (gateway.Reply, error) {
+	return g.RequestFn(ctx, req)
+}
+
+func (g *specGateway) Ready() error { return g.ReadyFn() }
+
+// loadSpec loads and validates openapi.yaml.
+func loadSpec(t *testing.T) *openapi3.T {
+	t.Helper()
+	loader := openapi3.NewLoader()
+	doc, err := loader.LoadFromFile(specFile)
+	if err != nil {
+		t.Fatalf("loading %s: %v", specFile, err)
+	}
+	if doc.OpenAPI != "3.1.0" || !doc.IsOpenAPI31OrLater() {
+		t.Fatalf("%s is OpenAPI %q, want 3.1.0", specFile, doc.OpenAPI)
+	}
+	if err := doc.Validate(loader.Context); err != nil {
+		t.Fatalf("%s is not a valid OpenAPI document: %v", specFile, err)
+	}
+	return doc
+}
+
+// newLocalServer serves h on 127.0.0.1 only.
+func newLocalServer(t *testing.T, h http.Handler) *httptest.Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(h)
+	_ = srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestOpenAPIRoutesMatchRouter(t *testing.T) {
+	doc := loadSpec(t)
+	s := NewServer(nil, &specGateway{}, DefaultConfig())
+	mux, ok := s.routes().(chi.Routes)
+	if !ok {
+		t.Fatalf("routes() is a %T, not a chi.Routes", s.routes())
+	}
+	inRouter := map[string]bool{}
+	err := chi.Walk(mux, func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+		if route == "/rpc/*" {
+			// OpenAPI has no catch-all; the spec names the rest of the path.
+			route = specRPCPath
+		}
+		inRouter[method+" "+route] = true
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inSpec := map[string]bool{}
+	for path, item := range doc.Paths.Map() {
+		for method := range item.Operations() {
+			inSpec[method+" "+path] = true
+		}
+	}
+	if len(inRouter) == 0 || len(inSpec) == 0 {
+		t.Fatalf("router has %d routes, spec %d operations", len(inRouter), len(inSpec))
+	}
+	for op := range inRouter {
+		if !inSpec[op] {
+			t.Errorf("route %s is not in %s", op, specFile)
+		}
+	}
+	for op := range inSpec {
+		if !inRouter[op] {
+			t.Errorf("%s lists %s, which the router does not serve", specFile, op)
+		}
+	}
+}
+
+// problemEnums returns the type and status enums of a Problem* schema.
+func problemEnums(s *openapi3.Schema) (types []string, statuses []int) {
+	for _, sub := range append([]*openapi3.SchemaRef{{Value: s}}, s.AllOf...) {
+		if sub.Value == nil {
+			continue
+		}
+		if p := sub.Value.Properties["type"]; p != nil && p.Value != nil {
+			for _, v := range p.Value.Enum {
+				if s, ok := v.(string); ok {
+					types = append(types, s)
+				}
+			}
+		}
+		if p := sub.Value.Properties["status"]; p != nil && p.Value != nil {
+			for _, v := range p.Value.Enum {
+				if f, ok := v.(float64); ok {
+					statuses = append(statuses, int(f))
+				}
+			}
+		}
+	}
+	return types, statuses
+}
+
+func TestOpenAPIProblemTypes(t *testing.T) {
+	doc := loadSpec(t)
+	// Every problem kind a client can receive (probClientGone is only
+	// logged: its client is gone).
+	kinds := []problemKind{
+		probInvalidTopic, probInvalidParameter, probInvalidHeader, probBodyTooLarge,
+		probNotFound, probMethodNotAllowed, probBrokerRejected, probBadReply,
+		probNoResponders, probBrokerUnavailable, probShuttingDown, probTimeout, probInternal,
+	}
+	specStatus := map[string][]int{} // problem type → statuses the spec gives it
+	for name, ref := range doc.Components.Schemas {
+		if !strings.HasPrefix(name, "Problem") || name == "Problem" {
+			continue
+		}
+		types, statuses := problemEnums(ref.Value)
+		if len(types) == 0 || len(statuses) != 1 {
+			t.Errorf("schema %s: types %q, statuses %v; want some types and one status", name, types, statuses)
+		}
+		for _, typ := range types {
+			specStatus[typ] = append(specStatus[typ], statuses...)
+		}
+	}
+	codeTypes := map[string]bool{}
+	for _, k := range kinds {
+		typ := ProblemTypeBase + k.slug
+		codeTypes[typ] = true
+		st := specStatus[typ]
+		if len(st) == 0 {
+			t.Errorf("problem type %s (%d) is not in %s", typ, k.status, specFile)
+		}
+		for _, s := range st {
+			if s != k.status {
+				t.Errorf("%s gives problem type %s status %d; the code uses %d", specFile, typ, s, k.status)
+			}
+		}
+	}
+	for typ := range specStatus {
+		if !codeTypes[typ] {
+			t.Errorf("%s lists problem type %s, which the code never produces", specFile, typ)
+		}
+	}
+	// Each operation's problem responses carry their own status.
+	for path, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			for code, resp := range op.Responses.Map() {
+				mt := resp.Value.Content[problemCT]
+				if mt == nil || mt.Schema == nil {
+					continue
+				}
+				_, statuses := problemEnums(mt.Schema.Value)
+				if fmt.Sprint(statuses) != "["+code+"]" {
+					t.Errorf("%s %s response %s: problem schema has status %v", method, path, code, statuses)
+				}
+			}
+		}
+	}
+	if !strings.Contains(doc.Info.Description, "%zz") {
+		t.Errorf("info.description does not mention net/http's plain 400 for malformed percent-encoding")
+	}
+}
+
+// specRoute finds the spec operation for r. OpenAPI path parameters do
+// not span '/', so kin's routers can't match a multi-level topic: POST
+// /rpc/... is resolved here, the way the spec describes the parameter (the
+// escaped path after /rpc/, percent-decoded once).
+func specRoute(doc *openapi3.T, router routers.Router, r *http.Request) (*routers.Route, map[string]string, error) {
+	if raw, ok := strings.CutPrefix(r.URL.EscapedPath(), "/rpc/"); ok && r.Method == http.MethodPost {
+		topic, err := url.PathUnescape(raw)
+		if err != nil {
+			return nil, nil, err
+		}
+		item := doc.Paths.Value(specRPCPath)
+		return &routers.Route{
+			Spec: doc, Path: specRPCPath, PathItem: item,
+			Method: r.Method, Operation: item.GetOperation(r.Method),
+		}, map[string]string{"topic": topic}, nil
+	}
+	return router.FindRoute(r)
+}
+
+// unroutedRoute is a stand-in operation for requests that match no
+// operation of the spec; its responses are the spec's NotFound and
+// MethodNotAllowed components.
+func unroutedRoute(t *testing.T, doc *openapi3.T, r *http.Request) *routers.Route {
+	t.Helper()
+	nf, mna := doc.Components.Responses["NotFound"], doc.Components.Responses["MethodNotAllowed"]
+	if nf == nil || mna == nil {
+		t.Fatalf("%s lacks components.responses NotFound or MethodNotAllowed", specFile)
+	}
+	op := openapi3.NewOperation()
+	op.Responses = openapi3.NewResponses(
+		openapi3.WithStatus(http.StatusNotFound, nf),
+		openapi3.WithStatus(http.StatusMethodNotAllowed, mna),
+	)
+	return &routers.Route{Spec: doc, Path: r.URL.Path, PathItem: &openapi3.PathItem{}, Method: r.Method, Operation: op}
+}
+
+// liveCase is one real HTTP exchange with the gateway.
+type liveCase struct {
+	name    string
+	method  string // default POST
+	target  string // request target as sent: escaped path and query
+	header  [][2]string
+	reqBody []byte
+	chunked bool // send the body without Content-Length
+	// request is the gateway's behaviour; nil means the request must be
+	// refused before it reaches the gateway.
+	request func(t *testing.T, ctx context.Context, req gateway.Request) (gateway.Reply, error)
+	ready   func() error // default: ready
+
+	status   int
+	ctype    string // exact Content-Type
+	slug     string // problem type slug; "" for a response that is no problem
+	detail   string // substring of the problem's detail
+	wantBody string // exact body of a response that is no problem
+	// Exact values of Mqtt-User-Property and Retry-After (absent if not
+	// listed), and of X-Content-Type-Options (nosniff unless sniffable).
+	hdr       map[string][]string
+	sniffable bool
+	// specRejects: the spec's schemas themselves flag the request.
+	specRejects bool
+	// unrouted: no operation of the spec matches (404, 405).
+	unrouted bool
+	after    func(t *testing.T, s *Server)
+}
+
+var (
+	ready           = func() error { return nil }
+	nosniff         = []string{"nosniff"}
+	retryAfter1     = map[string][]string{"Retry-After": {"1"}}
+	testCfg         = DefaultConfig()
+	maxBodyBytes    = bytes.Repeat([]byte("x"), int(testCfg.MaxBody))
+	tooLargeBody    = bytes.Repeat([]byte("x"), int(testCfg.MaxBody)+1)
+	maxLengthTopic  = strings.Repeat("a", 65535)
+	overLengthTopic = strings.Repeat("a", 65536)
+)
+
+// wantDeadline checks that ctx ends about d from now.
+func wantDeadline(t *testing.T, ctx context.Context, d time.Duration) {
+	t.Helper()
+	dl, ok := ctx.Deadline()
+	if left := time.Until(dl); !ok || left > d || left < d-time.Second {
+		t.Errorf("gateway got deadline in %s (set: %v), want about %s", left, ok, d)
+	}
+}
+
+// replyWith answers every request with r.
+func replyWith(r gateway.Reply) func(*testing.T, context.Context, gateway.Request) (gateway.Reply, error) {
+	return func(*testing.T, context.Context, gateway.Request) (gateway.Reply, error) { return r, nil }
+}
+
+// failWith fails every request with err.
+func failWith(err error) func(*testing.T, context.Context, gateway.Request) (gateway.Reply, error) {
+	return func(*testing.T, context.Context, gateway.Request) (gateway.Reply, error) { return gateway.Reply{}, err }
+}
+
+// checkStrings fails the way gateway.Request does on a content type or
+// user property that MQTT can't carry.
+func checkStrings(t *testing.T, _ context.Context, req gateway.Request) (gateway.Reply, error) {
+	if err := gateway.CheckString(req.ContentType); err != nil {
+		return gateway.Reply{}, &gateway.InvalidError{Field: "content type", Reason: "it " + err.Error()}
+	}
+	for _, p := range req.UserProperties {
+		if err := gateway.CheckString(p.Value); err != nil {
+			return gateway.Reply{}, &gateway.InvalidError{Field: "user property", Reason: fmt.Sprintf("value of %q %v", p.Key, err)}
+		}
+	}
+	t.Errorf("request %+v should have failed CheckString", req)
+	return gateway.Reply{}, errors.New("test case is wrong")
+}
+
+func liveCases() []liveCase {
+	return []liveCase{
+		// 200
+		{
+			name: "200 plain", target: "/rpc/a/b?timeout=1.5s&qos=0",
+			header:  [][2]string{{"Content-Type", "text/plain"}},
+			reqBody: []byte("hello"),
+			request: func(t *testing.T, ctx context.Context, req gateway.Request) (gateway.Reply, error) {
+				wantDeadline(t, ctx, 1500*time.Millisecond)
+				if req.Topic != "a/b" || req.QoS != 0 || req.ContentType != "text/plain" || string(req.Payload) != "hello" || req.UserProperties != nil {
+					t.Errorf("gateway got %+v", req)
+				}
+				return gateway.Reply{Payload: []byte("world"), ContentType: plainTextCT}, nil
+			},
+			status: 200, ctype: plainTextCT, wantBody: "world",
+		},
+		{
+			name: "200 defaults, %2F separator, no content type", target: "/rpc/devices%2F42%2Fget",
+			request: func(t *testing.T, ctx context.Context, req gateway.Request) (gateway.Reply, error) {
+				wantDeadline(t, ctx, testCfg.DefaultTimeout)
+				if req.Topic != "devices/42/get" || req.QoS != testCfg.DefaultQoS || req.ContentType != "" || len(req.Payload) != 0 {
+					t.Errorf("gateway got %+v", req)
+				}
+				return gateway.Reply{Payload: []byte{0, 1, 0xfe, 0xff}}, nil
+			},
+			status: 200, ctype: octetStreamCT, wantBody: "\x00\x01\xfe\xff",
+		},
+		{
+			name: "200 user properties both ways", target: "/rpc/x/%24y?timeout=2&qos=2",
+			header: [][2]string{
+				{"Mqtt-User-Property", "a=1"}, {"Mqtt-User-Property", "b=x=y"}, {"Mqtt-User-Property", "a=2"},
+				{"Content-Type", "application/json"},
+			},
+			reqBody: []byte(`{"q":1}`),
+			request: func(t *testing.T, ctx context.Context, req gateway.Request) (gateway.Reply, error) {
+				wantDeadline(t, ctx, 2*time.Second)
+				want := []gateway.UserProperty{{Key: "a", Value: "1"}, {Key: "b", Value: "x=y"}, {Key: "a", Value: "2"}}
+				if req.Topic != "x/$y" || req.QoS != 2 || req.ContentType != "application/json" || !slices.Equal(req.UserProperties, want) {
+					t.Errorf("gateway got %+v", req)
+				}
+				return gateway.Reply{
+					Payload:     []byte(`{"a":1}`),
+					ContentType: "application/json",
+					UserProperties: []gateway.UserProperty{
+						{Key: "k", Value: "v"}, {Key: "split", Value: "bad\r\nX-Injected: 1"}, {Key: "k", Value: "w=z"},
+					},
+				}, nil
+			},
+			status: 200, ctype: "application/json", wantBody: `{"a":1}`,
+			hdr: map[string][]string{"Mqtt-User-Property": {"k=v", "k=w=z"}, "X-Injected": nil},
+			after: func(t *testing.T, s *Server) {
+				if n := s.DroppedProperties(); n != 1 {
+					t.Errorf("DroppedProperties = %d, want 1", n)
+				}
+			},
+		},
+		{
+			name: "200 body of exactly max-body", target: "/rpc/big", reqBody: maxBodyBytes,
+			request: func(t *testing.T, _ context.Context, req gateway.Request) (gateway.Reply, error) {
+				if len(req.Payload) != len(maxBodyBytes) {
+					t.Errorf("gateway got %d bytes, want %d", len(req.Payload), len(maxBodyBytes))
+				}
+				return gateway.Reply{}, nil
+			},
+			status: 200, ctype: octetStreamCT, wantBody: "",
+		},
+		{
+			name: "200 longest topic", target: "/rpc/" + maxLengthTopic,
+			request: replyWith(gateway.Reply{Payload: []byte("ok")}),
+			status:  200, ctype: octetStreamCT, wantBody: "ok",
+		},
+		{
+			name: "201 chosen by the responder", target: "/rpc/orders",
+			request: replyWith(gateway.Reply{
+				Payload: []byte(`{"id":7}`), ContentType: "application/json",
+				UserProperties: []gateway.UserProperty{{Key: "http-status", Value: "201"}},
+			}),
+			status: 201, ctype: "application/json", wantBody: `{"id":7}`,
+			hdr: map[string][]string{"Mqtt-User-Property": {"http-status=201"}},
+		},
+		{
+			name: "404 chosen by the responder", target: "/rpc/orders/9",
+			request: replyWith(gateway.Reply{
+				Payload:        []byte("no such order"),
+				UserProperties: []gateway.UserProperty{{Key: "http-status", Value: "404"}},
+			}),
+			status: 404, ctype: octetStreamCT, wantBody: "no such order",
+			hdr: map[string][]string{"Mqtt-User-Property": {"http-status=404"}},
+		},
+
+		// 400 invalid-topic: never reaches the gateway.
+		{name: "400 wildcard +", target: "/rpc/a/+/b", status: 400, slug: "invalid-topic", detail: "wildcard", specRejects: true},
+		{name: "400 wildcard %2B", target: "/rpc/a%2Bb", status: 400, slug: "invalid-topic", detail: "wildcard", specRejects: true},
+		{name: "400 wildcard %23", target: "/rpc/a/%23", status: 400, slug: "invalid-topic", detail: "wildcard", specRejects: true},
+		{name: "400 $ topic", target: "/rpc/$SYS/broker/uptime", status: 400, slug: "invalid-topic", detail: "'$'", specRejects: true},
+		{name: "400 %24 topic", target: "/rpc/%24SYS", status: 400, slug: "invalid-topic", detail: "'$'", specRejects: true},
+		{name: "400 empty topic", target: "/rpc/", status: 400, slug: "invalid-topic", detail: "empty", specRejects: true},
+		{name: "400 response prefix", target: "/rpc/mqttgw/reply", status: 400, slug: "invalid-topic", detail: "mqttgw/reply"},
+		{name: "400 under response prefix", target: "/rpc/mqttgw/reply/abc", status: 400, slug: "invalid-topic", detail: "mqttgw/reply"},
+		{name: "400 under response prefix, %2F", target: "/rpc/mqttgw%2Freply%2Fabc", status: 400, slug: "invalid-topic", detail: "mqttgw/reply"},
+		{name: "400 NUL", target: "/rpc/a%00b", status: 400, slug: "invalid-topic", detail: "NUL", specRejects: true},
+		{name: "400 control character", target: "/rpc/a%1Bb", status: 400, slug: "invalid-topic", detail: "U+001B", specRejects: true},
+		{name: "400 C1 control character", target: "/rpc/a%C2%85b", status: 400, slug: "invalid-topic", detail: "U+0085", specRejects: true},
+		{name: "400 invalid UTF-8", target: "/rpc/a%FFb", status: 400, slug: "invalid-topic", detail: "UTF-8"},
+		{name: "400 non-character", target: "/rpc/a%EF%B7%90", status: 400, slug: "invalid-topic", detail: "U+FDD0", specRejects: true},
+		{name: "400 non-character beyond the BMP", target: "/rpc/a%F0%9F%BF%BF", status: 400, slug: "invalid-topic", detail: "U+1FFFF"},
+		{name: "400 topic too long", target: "/rpc/" + overLengthTopic, status: 400, slug: "invalid-topic", detail: "65535", specRejects: true},
+
+		// 400 invalid-parameter
+		{name: "400 timeout zero", target: "/rpc/a?timeout=0", status: 400, slug: "invalid-parameter", detail: "positive"},
+		{name: "400 timeout negative", target: "/rpc/a?timeout=-1s", status: 400, slug: "invalid-parameter", detail: "positive"},
+		{name: "400 timeout rounds to zero", target: "/rpc/a?timeout=1e-12", status: 400, slug: "invalid-parameter", detail: "positive"},
+		{name: "400 timeout empty", target: "/rpc/a?timeout=", status: 400, slug: "invalid-parameter", specRejects: true},
+		{name: "400 timeout unparsable", target: "/rpc/a?timeout=soon", status: 400, slug: "invalid-parameter", detail: "1.5s"},
+		{name: "400 timeout NaN", target: "/rpc/a?timeout=NaN", status: 400, slug: "invalid-parameter"},
+		{name: "400 timeout above max", target: "/rpc/a?timeout=61s", status: 400, slug: "invalid-parameter", detail: testCfg.MaxTimeout.String()},
+		{name: "400 timeout seconds above max", target: "/rpc/a?timeout=61", status: 400, slug: "invalid-parameter", detail: testCfg.MaxTimeout.String()},
+		// Too large for a time.Duration: the detail does not name the
+		// limit (see the report), so only the status is checked.
+		{name: "400 timeout overflows", target: "/rpc/a?timeout=3000000h", status: 400, slug: "invalid-parameter", detail: "maximum of 1m0s"},
+		{name: "400 timeout twice", target: "/rpc/a?timeout=1s&timeout=2s", status: 400, slug: "invalid-parameter", detail: "once"},
+		{name: "400 qos 3", target: "/rpc/a?qos=3", status: 400, slug: "invalid-parameter", detail: "0, 1 or 2", specRejects: true},
+		{name: "400 qos word", target: "/rpc/a?qos=one", status: 400, slug: "invalid-parameter", detail: "0, 1 or 2", specRejects: true},
+		{name: "400 qos twice", target: "/rpc/a?qos=1&qos=1", status: 400, slug: "invalid-parameter", detail: "once"},
+
+		// 400 invalid-header
+		{
+			name: "400 user property without =", target: "/rpc/a",
+			header: [][2]string{{"Mqtt-User-Property", "novalue"}},
+			status: 400, slug: "invalid-header", detail: "key=value", specRejects: true,
+		},
+		{
+			name: "400 user property with empty key", target: "/rpc/a",
+			header: [][2]string{{"Mqtt-User-Property", "=v"}},
+			status: 400, slug: "invalid-header", detail: "key=value", specRejects: true,
+		},
+		{
+			name: "400 user property with a control character", target: "/rpc/a",
+			header:  [][2]string{{"Mqtt-User-Property", "k=a\tb"}},
+			request: checkStrings,
+			status:  400, slug: "invalid-header", detail: "user property", specRejects: true,
+		},
+		{
+			name: "400 content type with a control character", target: "/rpc/a",
+			header:  [][2]string{{"Content-Type", "text/plain;\tcharset=utf-8"}},
+			reqBody: []byte("x"),
+			request: checkStrings,
+			status:  400, slug: "invalid-header", detail: "content type",
+		},
+
+		// 404, 405: no operation of the spec.
+		{name: "404 unknown path", method: http.MethodGet, target: "/nope", status: 404, slug: "not-found", unrouted: true},
+		{name: "404 /rpc without slash", target: "/rpc", status: 404, slug: "not-found", unrouted: true},
+		{name: "405 GET /rpc", method: http.MethodGet, target: "/rpc/a", status: 405, slug: "method-not-allowed", unrouted: true,
+			hdr: map[string][]string{"Allow": {"POST"}}},
+		{name: "405 POST /healthz", target: "/healthz", status: 405, slug: "method-not-allowed", unrouted: true,
+			hdr: map[string][]string{"Allow": {"GET"}}},
+		{name: "405 DELETE /readyz", method: http.MethodDelete, target: "/readyz", status: 405, slug: "method-not-allowed", unrouted: true,
+			hdr: map[string][]string{"Allow": {"GET"}}},
+
+		// 413
+		{name: "413 Content-Length", target: "/rpc/a", reqBody: tooLargeBody, status: 413, slug: "body-too-large", detail: fmt.Sprint(testCfg.MaxBody)},
+		{name: "413 chunked", target: "/rpc/a", reqBody: tooLargeBody, chunked: true, status: 413, slug: "body-too-large", detail: fmt.Sprint(testCfg.MaxBody)},
+
+		// 500
+		{name: "500 internal", target: "/rpc/a", request: failWith(errors.New("secret internals")), status: 500, slug: "internal"},
+
+		// 502
+		{
+			name: "502 broker rejected", target: "/rpc/a",
+			request: failWith(&gateway.PublishError{ReasonCode: 0x87, Reason: "Not authorized"}),
+			status:  502, slug: "broker-rejected", detail: "0x87",
+		},
+		{
+			name: "502 http-status not a number", target: "/rpc/a",
+			request: replyWith(gateway.Reply{Payload: []byte("x"), UserProperties: []gateway.UserProperty{{Key: "http-status", Value: "abc"}}}),
+			status:  502, slug: "bad-reply", detail: "http-status",
+		},
+		{
+			name: "502 http-status out of range", target: "/rpc/a",
+			request: replyWith(gateway.Reply{UserProperties: []gateway.UserProperty{{Key: "http-status", Value: "600"}}}),
+			status:  502, slug: "bad-reply", detail: "200 to 599",
+		},
+		{
+			name: "502 http-status with a sign", target: "/rpc/a",
+			request: replyWith(gateway.Reply{UserProperties: []gateway.UserProperty{{Key: "http-status", Value: "+201"}}}),
+			status:  502, slug: "bad-reply", detail: `"+201"`,
+		},
+
+		// 503
+		{
+			name: "503 no responders", target: "/rpc/a",
+			request: failWith(fmt.Errorf("%w on %q", gateway.ErrNoResponders, "a")),
+			status:  503, slug: "no-responders",
+		},
+		{
+			name: "503 broker unavailable", target: "/rpc/a",
+			request: failWith(fmt.Errorf("%w: connection lost", gateway.ErrNotConnected)),
+			status:  503, slug: "broker-unavailable", hdr: retryAfter1,
+		},
+		{
+			name: "503 shutting down", target: "/rpc/a",
+			request: failWith(gateway.ErrClosed),
+			status:  503, slug: "shutting-down", hdr: retryAfter1,
+		},
+
+		// 504
+		{
+			name: "504 timeout", target: "/rpc/a?timeout=50ms",
+			request: func(t *testing.T, ctx context.Context, _ gateway.Request) (gateway.Reply, error) {
+				wantDeadline(t, ctx, 50*time.Millisecond)
+				<-ctx.Done()
+				return gateway.Reply{}, fmt.Errorf("%w: no reply", gateway.ErrTimeout)
+			},
+			status: 504, slug: "timeout",
+		},
+
+		// health
+		{
+			name: "healthz ignores the broker", method: http.MethodGet, target: "/healthz",
+			ready:  func() error { return gateway.ErrNotConnected },
+			status: 200, ctype: plainTextCT, wantBody: "ok\n", sniffable: true,
+		},
+		{
+			name: "readyz ready", method: http.MethodGet, target: "/readyz", ready: ready,
+			status: 200, ctype: plainTextCT, wantBody: "ready\n", sniffable: true,
+		},
+		{
+			name: "readyz broker unavailable", method: http.MethodGet, target: "/readyz",
+			ready:  func() error { return gateway.ErrNotConnected },
+			status: 503, slug: "broker-unavailable", hdr: retryAfter1,
+		},
+		{
+			name: "readyz shutting down", method: http.MethodGet, target: "/readyz",
+			ready:  func() error { return gateway.ErrClosed },
+			status: 503, slug: "shutting-down", hdr: retryAfter1,
+		},
+		{
+			name: "readyz internal", method: http.MethodGet, target: "/readyz",
+			ready:  func() error { return errors.New("secret internals") },
+			status: 500, slug: "internal",
+		},
+	}
+}
+
+func TestOpenAPILiveResponses(t *testing.T) {
+	doc := loadSpec(t)
+	router, err := gorillamux.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	statuses := map[int]bool{}
+	for _, c := range liveCases() {
+		t.Run(c.name, func(t *testing.T) {
+			runLiveCase(t, doc, router, c)
+		})
+		statuses[c.status] = true
+	}
+	// Every status the spec lists is produced by some case above.
+	for path, item := range doc.Paths.Map() {
+		for method, op := range item.Operations() {
+			for code := range op.Responses.Map() {
+				var n int
+				if _, err := fmt.Sscan(code, &n); err == nil && !statuses[n] {
+					t.Errorf("%s %s: no live case produces status %s", method, path, code)
+				}
+			}
+		}
+	}
+}
+
+func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCase) {
+	var calls atomic.Int32
+	gw := &specGateway{
+		RequestFn: func(ctx context.Context, req gateway.Request) (gateway.Reply, error) {
+			calls.Add(1)
+			if c.request == nil {
+				t.Errorf("the gateway got %.200q; it should have been refused before", fmt.Sprintf("%+v", req))
+				return gateway.Reply{}, errors.New("unexpected gateway call")
+			}
+			return c.request(t, ctx, req)
+		},
+		ReadyFn: func() error {
+			if c.ready == nil {
+				return nil
+			}
+			return c.ready()
+		},
+	}
+	s := NewServer(nil, gw, testCfg)
+	srv := newLocalServer(t, s)
+
+	method := c.method
+	if method == "" {
+		method = http.MethodPost
+	}
+	newRequest := func(base string, chunked bool) *http.Request {
+		var body io.Reader
+		if c.reqBody != nil {
+			body = bytes.NewReader(c.reqBody)
+			if chunked {
+				body = io.MultiReader(body) // unknown length: sent chunked
+			}
+		}
+		req, err := http.NewRequestWithContext(t.Context(), method, base+c.target, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range c.header {
+			req.Header.Add(h[0], h[1])
+		}
+		return req
+	}
+
+	// The live exchange.
+	req := newRequest(srv.URL, c.chunked)
+	if c.chunked && req.ContentLength != 0 {
+		t.Fatalf("chunked request has Content-Length %d", req.ContentLength)
+	}
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// What the test expects.
+	if resp.StatusCode != c.status {
+		t.Errorf("status %d, want %d; body %.300s", resp.StatusCode, c.status, body)
+	}
+	if c.request != nil && calls.Load() != 1 {
+		t.Errorf("gateway called %d times, want once", calls.Load())
+	}
+	wantCT := c.ctype
+	if c.slug != "" {
+		wantCT = problemCT
+	}
+	if got := resp.Header.Get("Content-Type"); got != wantCT {
+		t.Errorf("Content-Type %q, want %q", got, wantCT)
+	}
+	wantHdr := map[string][]string{"Mqtt-User-Property": nil, "Retry-After": nil, "X-Content-Type-Options": nosniff}
+	if c.sniffable {
+		wantHdr["X-Content-Type-Options"] = nil
+	}
+	for k, v := range c.hdr {
+		wantHdr[k] = v
+	}
+	for k, want := range wantHdr {
+		if got := resp.Header.Values(k); !slices.Equal(got, want) {
+			t.Errorf("header %s: %q, want %q", k, got, want)
+		}
+	}
+	if c.slug == "" {
+		if string(body) != c.wantBody {
+			t.Errorf("body %.300q, want %.300q", body, c.wantBody)
+		}
+	} else {
+		var p Problem
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&p); err != nil {
+			t.Fatalf("problem body %.300q: %v", body, err)
+		}
+		if p.Type != ProblemTypeBase+c.slug || p.Status != c.status || p.Title == "" || p.Detail == "" {
+			t.Errorf("problem %+v, want type %s, status %d, a title and a detail", p, ProblemTypeBase+c.slug, c.status)
+		}
+		if !strings.Contains(p.Detail, c.detail) {
+			t.Errorf("problem detail %q does not mention %q", p.Detail, c.detail)
+		}
+		if strings.Contains(p.Detail, "secret internals") {
+			t.Errorf("problem detail %q leaks the internal error", p.Detail)
+		}
+	}
+	if c.after != nil {
+		c.after(t, s)
+	}
+
+	// What the spec says about the same exchange.
+	ctx := t.Context()
+	opts := &openapi3filter.Options{
+		AuthenticationFunc:    openapi3filter.NoopAuthenticationFunc,
+		IncludeResponseStatus: true,
+		SkipSettingDefaults:   true,
+	}
+	specReq := newRequest("http://127.0.0.1", false)
+	route, params, err := specRoute(doc, router, specReq)
+	switch {
+	case c.unrouted && err == nil:
+		t.Errorf("%s %s matches spec operation %s %s; want none", method, c.target, route.Method, route.Path)
+	case c.unrouted:
+		route, params = unroutedRoute(t, doc, specReq), nil
+	case err != nil:
+		t.Fatalf("no spec operation for %s %s: %v", method, c.target, err)
+	}
+	in := &openapi3filter.RequestValidationInput{Request: specReq, PathParams: params, Route: route, Options: opts}
+	if !c.unrouted {
+		err := openapi3filter.ValidateRequest(ctx, in)
+		switch {
+		case c.specRejects && err == nil:
+			t.Errorf("the spec accepts the request; want it to flag what the gateway refuses")
+		case !c.specRejects && err != nil:
+			t.Errorf("the spec rejects the request: %v", err)
+		case err != nil:
+			t.Logf("the spec rejects the request, as it should: %.300v", err)
+		}
+	}
+	// ValidateResponse would let a status fall back to the rpc operation's
+	// default (a responder-chosen status): each gateway error and each
+	// header it sends must be declared for its own status.
+	specResp := route.Operation.Responses.Status(resp.StatusCode)
+	if specResp == nil {
+		specResp = route.Operation.Responses.Default()
+	}
+	switch {
+	case specResp == nil || specResp.Value == nil:
+		t.Errorf("the spec has no response %d for %s %s", resp.StatusCode, method, route.Path)
+	case c.slug != "" && (route.Operation.Responses.Status(resp.StatusCode) == nil || specResp.Value.Content[problemCT] == nil):
+		t.Errorf("the spec's response %d for %s %s has no %s content", resp.StatusCode, method, route.Path, problemCT)
+	default:
+		for _, h := range []string{"Mqtt-User-Property", "Retry-After", "X-Content-Type-Options"} {
+			if resp.Header.Get(h) != "" && specResp.Value.Headers[h] == nil {
+				t.Errorf("the spec's response %d for %s %s does not declare header %s", resp.StatusCode, method, route.Path, h)
+			}
+		}
+	}
+	out := &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: in,
+		Status:                 resp.StatusCode,
+		Header:                 resp.Header,
+		Options:                opts,
+	}
+	out.SetBodyBytes(body)
+	if err := openapi3filter.ValidateResponse(ctx, out); err != nil {
+		t.Errorf("the response does not match the spec: %v", err)
+	}
+}
+
+// TestOpenAPIMalformedPercentEncoding: net/http refuses the request line
+// itself with a plain 400, as the spec's description says.
+func TestOpenAPIMalformedPercentEncoding(t *testing.T) {
+	var calls atomic.Int32
+	gw := &specGateway{
+		RequestFn: func(context.Context, gateway.Request) (gateway.Reply, error) {
+			calls.Add(1)
+			return gateway.Reply{}, nil
+		},
+		ReadyFn: ready,
+	}
+	srv := newLocalServer(t, NewServer(nil, gw, DefaultConfig()))
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, "POST /rpc/a%zz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("status %d, want 400", resp.StatusCode)
+	}
+	if ct := resp.Header.Get("Content-Type"); strings.HasPrefix(ct, problemCT) || !strings.HasPrefix(ct, "text/plain") {
+		t.Errorf("Content-Type %q, want net/http's text/plain", ct)
+	}
+	if n := calls.Load(); n != 0 {
+		t.Errorf("gateway called %d times", n)
+	}
+}

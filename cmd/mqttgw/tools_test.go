@@ -1,0 +1,216 @@
+package main
+
+// Helpers for the interoperability tests: outside programs (mosquitto,
+// Python paho-mqtt, MQTT.js, mosquitto_rr) and the project's own binaries
+// run as real processes.
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// need returns the path of program, or skips the test when it is missing,
+// except in CI (CI=true), where a missing program fails the test: CI must
+// install it (.ci/run does).
+func need(t testing.TB, program, install string) string {
+	t.Helper()
+	path, err := exec.LookPath(program)
+	if err != nil {
+		missing(t, fmt.Sprintf("%s is not installed (%s)", program, install))
+	}
+	return path
+}
+
+// missing skips, or fails in CI.
+func missing(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI=true but %s", why)
+	}
+	t.Skipf("skipping: %s", why)
+}
+
+// pythonWithPaho returns a Python interpreter that can import paho-mqtt.
+// Debian's python3-paho-mqtt installs into /usr/bin/python3, which may not
+// be the python3 first on PATH.
+func pythonWithPaho(t testing.TB) string {
+	t.Helper()
+	for _, py := range []string{"/usr/bin/python3", "python3"} {
+		if exec.Command(py, "-c", "import paho.mqtt.client").Run() == nil {
+			return py
+		}
+	}
+	missing(t, "no python3 with paho-mqtt (apt-get install -y python3-paho-mqtt)")
+	return ""
+}
+
+// nodeWithMQTT returns node when it can load MQTT.js (npm package mqtt,
+// found through NODE_PATH as .ci/run sets it).
+func nodeWithMQTT(t testing.TB) string {
+	t.Helper()
+	node := need(t, "node", "apt-get install -y nodejs npm")
+	if out, err := exec.Command(node, "-e", "require('mqtt')").CombinedOutput(); err != nil {
+		missing(t, fmt.Sprintf("node can't load MQTT.js (npm install --prefix DIR mqtt@5; export NODE_PATH=DIR/node_modules): %s", firstLine(out)))
+	}
+	return node
+}
+
+func firstLine(b []byte) string {
+	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	return s
+}
+
+// freePort returns a loopback port that was free a moment ago, for
+// programs that can't be told to pick one themselves.
+func freePort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// waitListening waits until addr accepts TCP connections.
+func waitListening(t testing.TB, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listens on %s after 10s: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// startProcess starts cmd, logs its output into the test log on failure,
+// and kills it at cleanup.
+func startProcess(t testing.TB, cmd *exec.Cmd) *exec.Cmd {
+	t.Helper()
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+		if t.Failed() {
+			t.Logf("output of %s:\n%s", filepath.Base(cmd.Path), out.String())
+		}
+	})
+	return cmd
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// mosquitto is a mosquitto broker on a loopback port that a test can kill
+// and restart on the same port.
+type mosquitto struct {
+	t    testing.TB
+	Addr string
+	conf string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func startMosquitto(t testing.TB) *mosquitto {
+	t.Helper()
+	bin := need(t, "mosquitto", "apt-get install -y mosquitto")
+	addr := freePort(t)
+	_, port, _ := net.SplitHostPort(addr)
+	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
+	err := os.WriteFile(conf, []byte(fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n", port)), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &mosquitto{t: t, Addr: addr, conf: conf}
+	m.cmd = exec.Command(bin, "-c", conf)
+	m.Start()
+	t.Cleanup(m.Kill)
+	return m
+}
+
+// Start (re)starts the broker and waits until it accepts connections.
+func (m *mosquitto) Start() {
+	m.t.Helper()
+	m.cmd = exec.Command(m.cmd.Path, "-c", m.conf)
+	out := &syncBuffer{}
+	m.cmd.Stdout, m.cmd.Stderr = out, out
+	if err := m.cmd.Start(); err != nil {
+		m.t.Fatal(err)
+	}
+	m.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(m.cmd, m.done)
+	waitListening(m.t, m.Addr)
+}
+
+// Kill stops the broker at once, as a crash would.
+func (m *mosquitto) Kill() {
+	if m.cmd.Process == nil {
+		return
+	}
+	_ = m.cmd.Process.Kill()
+	<-m.done
+}
+
+// URL is the broker's mqtt:// URL.
+func (m *mosquitto) URL() string { return "mqtt://" + m.Addr }
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// binary builds ./cmd/<name> once per test run and returns its path.
+func binary(t testing.TB, name string) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "mqttgw-test-bin-")
+		if buildErr != nil {
+			return
+		}
+		for _, pkg := range []string{"mqttgw", "temperature-service"} {
+			out, err := exec.Command("go", "build", "-o", filepath.Join(buildDir, pkg), "../"+pkg).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("go build ../%s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(buildDir, name)
+}

@@ -1,0 +1,266 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
+)
+
+// MQTT v5 reason codes the external transport interprets.
+const (
+	reasonNoMatchingSubscribers = 0x10 // [MQTT-3.4.2.1] PUBACK/PUBREC
+	reasonQoSNotSupported       = 0x9B
+)
+
+// BrokerConfig configures the transport to an external MQTT v5 broker.
+type BrokerConfig struct {
+	// URL is mqtt://, mqtts://, ws:// or wss://host:port[/path].
+	URL *url.URL
+	// ClientID must be unique on the broker; two clients with one id
+	// disconnect each other.
+	ClientID string
+	Username string
+	Password string
+	// TLS is used for mqtts:// and wss://; nil means the system roots.
+	TLS *tls.Config
+	// KeepAlive in seconds; default 30.
+	KeepAlive uint16
+	// ConnectTimeout bounds each connection attempt; default 10s.
+	ConnectTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the exponential wait between
+	// reconnection attempts; defaults 250ms and 10s.
+	MinBackoff, MaxBackoff time.Duration
+	Logger                 *slog.Logger
+}
+
+// Dial returns a Transport to an external MQTT v5 broker built on
+// autopaho: it reconnects with exponential backoff and re-makes the
+// response subscription on every connection. The connection is made in
+// the background once the gateway calls Connect.
+func Dial(cfg BrokerConfig) (Transport, error) {
+	if cfg.URL == nil || cfg.URL.Host == "" {
+		return nil, errors.New("gateway: broker URL needs a host, e.g. mqtt://broker:1883")
+	}
+	switch cfg.URL.Scheme {
+	case "mqtt", "mqtts", "ws", "wss":
+	default:
+		return nil, fmt.Errorf("gateway: broker URL scheme %q is not mqtt, mqtts, ws or wss", cfg.URL.Scheme)
+	}
+	if cfg.ClientID == "" {
+		return nil, errors.New("gateway: broker client id is empty")
+	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = 30
+	}
+	if cfg.ConnectTimeout <= 0 {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 250 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= cfg.MinBackoff {
+		cfg.MaxBackoff = max(10*time.Second, 2*cfg.MinBackoff)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &pahoTransport{cfg: cfg, log: cfg.Logger}, nil
+}
+
+// pahoTransport is the Transport to an external broker.
+type pahoTransport struct {
+	cfg BrokerConfig
+	log *slog.Logger
+
+	mu sync.Mutex
+	cm *autopaho.ConnectionManager // Lock should be held.
+	// epoch counts connection changes, so that a SUBACK for a connection
+	// that has meanwhile dropped can't mark the gateway ready. Lock
+	// should be held.
+	epoch  uint64
+	closed bool // Lock should be held.
+	cancel context.CancelFunc
+}
+
+func (t *pahoTransport) Connect(_ context.Context, responseTopic string, h Handler) error {
+	// The connection manager lives until Close, not until the caller's
+	// start-up context ends.
+	ctx, cancel := context.WithCancel(context.Background())
+	backoff := autopaho.NewExponentialBackoff(t.cfg.MinBackoff, t.cfg.MaxBackoff, t.cfg.MinBackoff, 2)
+	cc := autopaho.ClientConfig{
+		ServerUrls:                    []*url.URL{t.cfg.URL},
+		TlsCfg:                        t.cfg.TLS,
+		KeepAlive:                     t.cfg.KeepAlive,
+		ConnectTimeout:                t.cfg.ConnectTimeout,
+		ReconnectBackoff:              backoff,
+		CleanStartOnInitialConnection: true,
+		// The gateway keeps no session: requests in flight are failed
+		// when the connection drops, and the subscription is re-made.
+		SessionExpiryInterval: 0,
+		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
+			t.mu.Lock()
+			t.epoch++
+			epoch := t.epoch
+			t.mu.Unlock()
+			// OnConnectionUp must not block: subscribe in the background.
+			go t.subscribe(ctx, cm, epoch, responseTopic, h)
+		},
+		OnConnectionDown: func() bool {
+			t.mu.Lock()
+			t.epoch++
+			closed := t.closed
+			t.mu.Unlock()
+			if !closed {
+				h.ConnectionDown(errors.New("connection to the broker lost"))
+			}
+			return true // keep reconnecting
+		},
+		OnConnectError: func(err error) {
+			t.log.Warn("broker connection attempt failed", "broker", t.cfg.URL.Redacted(), "error", err)
+		},
+		ClientConfig: paho.ClientConfig{
+			ClientID: t.cfg.ClientID,
+			// Registered here, not with AddOnPublishReceived, so that it
+			// survives reconnects. It runs on paho's reading goroutine and
+			// must not block; HandleReply never does.
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+				func(pr paho.PublishReceived) (bool, error) {
+					h.HandleReply(fromPaho(pr.Packet))
+					return true, nil
+				},
+			},
+			OnClientError: func(err error) {
+				t.log.Debug("broker client error", "error", err)
+			},
+			OnServerDisconnect: func(d *paho.Disconnect) {
+				t.log.Warn("broker disconnected the gateway", "reason_code", d.ReasonCode)
+			},
+		},
+	}
+	if t.cfg.Username != "" {
+		cc.ConnectUsername = t.cfg.Username
+		cc.ConnectPassword = []byte(t.cfg.Password)
+	}
+	cm, err := autopaho.NewConnection(ctx, cc)
+	if err != nil {
+		cancel()
+		return fmt.Errorf("gateway: %w", err)
+	}
+	t.mu.Lock()
+	t.cm, t.cancel = cm, cancel
+	t.mu.Unlock()
+	return nil
+}
+
+// subscribe makes the response subscription for connection epoch and
+// reports the gateway ready once the broker has granted it.
+func (t *pahoTransport) subscribe(ctx context.Context, cm *autopaho.ConnectionManager, epoch uint64, topic string, h Handler) {
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.ConnectTimeout)
+	defer cancel()
+	sa, err := cm.Subscribe(ctx, &paho.Subscribe{
+		Subscriptions: []paho.SubscribeOptions{{Topic: topic, QoS: 1, NoLocal: true}},
+	})
+	if err == nil && len(sa.Reasons) > 0 && sa.Reasons[0] >= 0x80 {
+		err = fmt.Errorf("reason code 0x%02x", sa.Reasons[0])
+	}
+	if err != nil {
+		// Readiness stays 503; the broker's refusal is an operator's
+		// problem (typically an ACL) that a retry won't fix.
+		t.log.Error("response subscription refused; the gateway stays unready", "topic", topic, "error", err)
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.epoch == epoch && !t.closed {
+		h.ConnectionUp()
+	}
+}
+
+func (t *pahoTransport) Publish(ctx context.Context, m *Message) error {
+	t.mu.Lock()
+	cm := t.cm
+	t.mu.Unlock()
+	if cm == nil {
+		return ErrNotConnected
+	}
+	props := &paho.PublishProperties{
+		ContentType:     m.ContentType,
+		ResponseTopic:   m.ResponseTopic,
+		CorrelationData: m.CorrelationData,
+		User:            toPaho(m.UserProperties),
+	}
+	if m.MessageExpiry > 0 {
+		props.MessageExpiry = &m.MessageExpiry
+	}
+	pr, err := cm.Publish(ctx, &paho.Publish{Topic: m.Topic, QoS: m.QoS, Payload: m.Payload, Properties: props})
+	switch {
+	case pr != nil && pr.ReasonCode == reasonNoMatchingSubscribers:
+		// Only a QoS 1 PUBACK (or a QoS 2 PUBREC from brokers that set
+		// it) can say so; at QoS 0 the request can only time out.
+		return ErrNoResponders
+	case pr != nil && pr.ReasonCode >= 0x80:
+		perr := &PublishError{ReasonCode: pr.ReasonCode}
+		if pr.Properties != nil {
+			perr.Reason = pr.Properties.ReasonString
+		}
+		return perr
+	case err == nil:
+		return nil
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+		return err
+	case errors.Is(err, paho.ErrInvalidArguments):
+		// e.g. a QoS above what the broker granted in its CONNACK
+		return &PublishError{ReasonCode: reasonQoSNotSupported, Reason: err.Error()}
+	}
+	return fmt.Errorf("%w: %v", ErrNotConnected, err)
+}
+
+func (t *pahoTransport) Close(ctx context.Context) error {
+	t.mu.Lock()
+	t.closed = true
+	cm, cancel := t.cm, t.cancel
+	t.mu.Unlock()
+	if cm == nil {
+		return nil
+	}
+	defer cancel()
+	return cm.Disconnect(ctx)
+}
+
+func toPaho(props []UserProperty) paho.UserProperties {
+	if len(props) == 0 {
+		return nil
+	}
+	out := make(paho.UserProperties, len(props))
+	for i, p := range props {
+		out[i] = paho.UserProperty{Key: p.Key, Value: p.Value}
+	}
+	return out
+}
+
+func fromPaho(p *paho.Publish) *Message {
+	m := &Message{Topic: p.Topic, Payload: p.Payload, QoS: p.QoS}
+	if pp := p.Properties; pp != nil {
+		m.ContentType = pp.ContentType
+		m.ResponseTopic = pp.ResponseTopic
+		m.CorrelationData = pp.CorrelationData
+		if pp.MessageExpiry != nil {
+			m.MessageExpiry = *pp.MessageExpiry
+		}
+		if len(pp.User) > 0 {
+			m.UserProperties = make([]UserProperty, len(pp.User))
+			for i, u := range pp.User {
+				m.UserProperties[i] = UserProperty{Key: u.Key, Value: u.Value}
+			}
+		}
+	}
+	return m
+}
