@@ -70,7 +70,7 @@ func TestRoundTripCarriesProperties(t *testing.T) {
 		t.Run(fmt.Sprintf("qos%d", qos), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			props := []gateway.UserProperty{{"b", "2"}, {"a", "1"}, {"b", "3"}}
+			props := []gateway.UserProperty{{Key: "b", Value: "2"}, {Key: "a", Value: "1"}, {Key: "b", Value: "3"}}
 			reply, err := g.Request(ctx, gateway.Request{
 				Topic: "svc/echo", Payload: []byte("ping"), ContentType: "text/plain", QoS: qos, UserProperties: props,
 			})

@@ -67,16 +67,31 @@ func firstLine(b []byte) string {
 	return s
 }
 
-// freePort returns a loopback port that was free a moment ago, for
-// programs that can't be told to pick one themselves.
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[string]bool{}
+)
+
+// freePort returns a loopback address whose port was free a moment ago,
+// for programs that can't be told to pick one themselves. It never returns
+// the same one twice in a test run: the OS readily hands a just-closed
+// port out again.
 func freePort(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		if !portsGiven[addr] {
+			portsGiven[addr] = true
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // waitListening waits until addr accepts TCP connections.
@@ -144,13 +159,21 @@ type mosquitto struct {
 	done chan struct{}
 }
 
-func startMosquitto(t testing.TB) *mosquitto {
+// startMosquitto starts mosquitto with anonymous access; extra lines are
+// appended to its configuration.
+func startMosquitto(t testing.TB, extra ...string) *mosquitto {
 	t.Helper()
 	bin := need(t, "mosquitto", "apt-get install -y mosquitto")
 	addr := freePort(t)
 	_, port, _ := net.SplitHostPort(addr)
 	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
-	err := os.WriteFile(conf, []byte(fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n", port)), 0o600)
+	var lines []string
+	if len(extra) > 0 && strings.HasPrefix(extra[0], "per_listener_settings") {
+		lines, extra = []string{extra[0]}, extra[1:] // must precede all security settings
+	}
+	lines = append(lines, "listener "+port+" 127.0.0.1", "allow_anonymous true", "persistence false", "max_queued_messages 100000")
+	lines = append(lines, extra...)
+	err := os.WriteFile(conf, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,6 +195,11 @@ func (m *mosquitto) Start() {
 	}
 	m.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { _ = cmd.Wait(); close(done) }(m.cmd, m.done)
+	m.t.Cleanup(func() {
+		if m.t.Failed() {
+			m.t.Logf("mosquitto said:\n%s", out.String())
+		}
+	})
 	waitListening(m.t, m.Addr)
 }
 

@@ -65,6 +65,8 @@ func StartResponder(tb testing.TB, serverURL, filter string, qos byte, h Handler
 		KeepAlive:                     30,
 		CleanStartOnInitialConnection: true,
 		ConnectTimeout:                5 * time.Second,
+		// Tests restart brokers: come back quickly.
+		ReconnectBackoff: autopaho.NewConstantBackoff(100 * time.Millisecond),
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 			// OnConnectionUp must not block: subscribe elsewhere.
 			go func() {
