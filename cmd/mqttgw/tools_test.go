@@ -62,9 +62,15 @@ func nodeWithMQTT(t testing.TB) string {
 	return node
 }
 
+// firstLine is the first line of node's output that says what went wrong.
 func firstLine(b []byte) string {
-	s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
-	return s
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	for _, l := range lines {
+		if strings.Contains(l, "Error") || strings.Contains(l, "Cannot find") {
+			return strings.TrimSpace(l)
+		}
+	}
+	return lines[0]
 }
 
 var (
