@@ -155,6 +155,7 @@ func TestOpenAPIProblemTypes(t *testing.T) {
 		probInvalidTopic, probInvalidParameter, probInvalidHeader, probBodyTooLarge,
 		probNotFound, probMethodNotAllowed, probBrokerRejected, probBadReply,
 		probNoResponders, probBrokerUnavailable, probShuttingDown, probTimeout, probInternal,
+		probUnauthorized, probForbidden, probBodyTimeout, probOverloaded,
 	}
 	specStatus := map[string][]int{} // problem type → statuses the spec gives it
 	for name, ref := range doc.Components.Schemas {
@@ -252,6 +253,10 @@ type liveCase struct {
 	header  [][2]string
 	reqBody []byte
 	chunked bool // send the body without Content-Length
+	// stall: after reqBody, the body sends nothing more until the test ends.
+	stall bool
+	// cfg adjusts the server's configuration for this case.
+	cfg func(*Config)
 	// request is the gateway's behaviour; nil means the request must be
 	// refused before it reaches the gateway.
 	request func(t *testing.T, ctx context.Context, req gateway.Request) (gateway.Reply, error)
@@ -291,6 +296,14 @@ func wantDeadline(t *testing.T, ctx context.Context, d time.Duration) {
 	if left := time.Until(dl); !ok || left > d || left < d-time.Second {
 		t.Errorf("gateway got deadline in %s (set: %v), want about %s", left, ok, d)
 	}
+}
+
+// stallReader blocks until ctx ends, like a client that stops sending.
+type stallReader struct{ ctx context.Context }
+
+func (r stallReader) Read([]byte) (int, error) {
+	<-r.ctx.Done()
+	return 0, r.ctx.Err()
 }
 
 // replyWith answers every request with r.
@@ -479,6 +492,18 @@ func liveCases() []liveCase {
 			hdr: map[string][]string{"Allow": {"GET"}}},
 
 		// 413
+		{
+			name: "408 body stalls", target: "/rpc/a", reqBody: []byte("x"), stall: true,
+			cfg:    func(c *Config) { c.BodyReadTimeout = 100 * time.Millisecond },
+			status: 408, slug: "body-timeout", detail: "100ms",
+		},
+		{
+			// A bound of 0 puts every request beyond it; the e2e tests
+			// fill a real bound with waiting requests.
+			name: "503 overloaded", target: "/rpc/a", reqBody: []byte("x"),
+			cfg:    func(c *Config) { c.MaxInflight = 0 },
+			status: 503, slug: "overloaded", detail: "max-inflight", hdr: retryAfter1,
+		},
 		{name: "413 Content-Length", target: "/rpc/a", reqBody: tooLargeBody, status: 413, slug: "body-too-large", detail: fmt.Sprint(testCfg.MaxBody)},
 		{name: "413 chunked", target: "/rpc/a", reqBody: tooLargeBody, chunked: true, status: 413, slug: "body-too-large", detail: fmt.Sprint(testCfg.MaxBody)},
 
@@ -607,20 +632,27 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 			return c.ready()
 		},
 	}
-	s := NewServer(nil, gw, testCfg)
+	cfg := testCfg
+	if c.cfg != nil {
+		c.cfg(&cfg)
+	}
+	s := NewServer(nil, gw, cfg)
 	srv := newLocalServer(t, s)
 
 	method := c.method
 	if method == "" {
 		method = http.MethodPost
 	}
-	newRequest := func(base string, chunked bool) *http.Request {
+	newRequest := func(base string, chunked, stall bool) *http.Request {
 		var body io.Reader
 		if c.reqBody != nil {
 			body = bytes.NewReader(c.reqBody)
 			if chunked {
 				body = io.MultiReader(body) // unknown length: sent chunked
 			}
+		}
+		if stall {
+			body = io.MultiReader(body, stallReader{t.Context()})
 		}
 		req, err := http.NewRequestWithContext(t.Context(), method, base+c.target, body)
 		if err != nil {
@@ -633,7 +665,7 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 	}
 
 	// The live exchange.
-	req := newRequest(srv.URL, c.chunked)
+	req := newRequest(srv.URL, c.chunked, c.stall)
 	if c.chunked && req.ContentLength != 0 {
 		t.Fatalf("chunked request has Content-Length %d", req.ContentLength)
 	}
@@ -705,7 +737,7 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 		IncludeResponseStatus: true,
 		SkipSettingDefaults:   true,
 	}
-	specReq := newRequest("http://127.0.0.1", false)
+	specReq := newRequest("http://127.0.0.1", false, false)
 	route, params, err := specRoute(doc, router, specReq)
 	switch {
 	case c.unrouted && err == nil:

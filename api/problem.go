@@ -22,29 +22,38 @@ type problemKind struct {
 	// retry is the Retry-After in seconds, for 503s that a retry can cure
 	// soon; 0 means no header.
 	retry int
+	// outcome labels mqttgw_rpc_requests_total.
+	outcome string
 }
 
 // ProblemTypeBase prefixes every problem type's slug to make its URI.
 const ProblemTypeBase = "urn:mqttgw:problem:"
 
 var (
-	probInvalidTopic      = problemKind{"invalid-topic", "Invalid topic", http.StatusBadRequest, 0}
-	probInvalidParameter  = problemKind{"invalid-parameter", "Invalid query parameter", http.StatusBadRequest, 0}
-	probInvalidHeader     = problemKind{"invalid-header", "Invalid header", http.StatusBadRequest, 0}
-	probBodyTooLarge      = problemKind{"body-too-large", "Request body too large", http.StatusRequestEntityTooLarge, 0}
-	probNotFound          = problemKind{"not-found", "Not found", http.StatusNotFound, 0}
-	probMethodNotAllowed  = problemKind{"method-not-allowed", "Method not allowed", http.StatusMethodNotAllowed, 0}
-	probBrokerRejected    = problemKind{"broker-rejected", "Broker rejected the request", http.StatusBadGateway, 0}
-	probBadReply          = problemKind{"bad-reply", "Malformed reply", http.StatusBadGateway, 0}
-	probNoResponders      = problemKind{"no-responders", "No responders", http.StatusServiceUnavailable, 0}
-	probBrokerUnavailable = problemKind{"broker-unavailable", "Broker unavailable", http.StatusServiceUnavailable, 1}
-	probShuttingDown      = problemKind{"shutting-down", "Gateway shutting down", http.StatusServiceUnavailable, 1}
-	probTimeout           = problemKind{"timeout", "No reply in time", http.StatusGatewayTimeout, 0}
-	probInternal          = problemKind{"internal", "Internal error", http.StatusInternalServerError, 0}
+	probInvalidTopic      = problemKind{"invalid-topic", "Invalid topic", http.StatusBadRequest, 0, "invalid"}
+	probInvalidParameter  = problemKind{"invalid-parameter", "Invalid query parameter", http.StatusBadRequest, 0, "invalid"}
+	probInvalidHeader     = problemKind{"invalid-header", "Invalid header", http.StatusBadRequest, 0, "invalid"}
+	probUnauthorized      = problemKind{"unauthorized", "Unauthorized", http.StatusUnauthorized, 0, "unauthorized"}
+	probForbidden         = problemKind{"forbidden", "Forbidden", http.StatusForbidden, 0, "forbidden"}
+	probBodyTimeout       = problemKind{"body-timeout", "Request body too slow", http.StatusRequestTimeout, 0, "invalid"}
+	probBodyTooLarge      = problemKind{"body-too-large", "Request body too large", http.StatusRequestEntityTooLarge, 0, "too_large"}
+	probNotFound          = problemKind{"not-found", "Not found", http.StatusNotFound, 0, ""}
+	probMethodNotAllowed  = problemKind{"method-not-allowed", "Method not allowed", http.StatusMethodNotAllowed, 0, ""}
+	probBrokerRejected    = problemKind{"broker-rejected", "Broker rejected the request", http.StatusBadGateway, 0, "rejected"}
+	probBadReply          = problemKind{"bad-reply", "Malformed reply", http.StatusBadGateway, 0, "bad_reply"}
+	probNoResponders      = problemKind{"no-responders", "No responders", http.StatusServiceUnavailable, 0, "no_responders"}
+	probBrokerUnavailable = problemKind{"broker-unavailable", "Broker unavailable", http.StatusServiceUnavailable, 1, "broker_unavailable"}
+	probOverloaded        = problemKind{"overloaded", "Gateway overloaded", http.StatusServiceUnavailable, 1, "overloaded"}
+	probShuttingDown      = problemKind{"shutting-down", "Gateway shutting down", http.StatusServiceUnavailable, 1, "shutting_down"}
+	probTimeout           = problemKind{"timeout", "No reply in time", http.StatusGatewayTimeout, 0, "timeout"}
+	probInternal          = problemKind{"internal", "Internal error", http.StatusInternalServerError, 0, "internal"}
 	// probClientGone is only logged: the client has hung up and will never
 	// read it. 499 is nginx's "client closed request".
-	probClientGone = problemKind{"client-closed-request", "Client closed request", 499, 0}
+	probClientGone = problemKind{"client-closed-request", "Client closed request", 499, 0, "client_gone"}
 )
+
+// errOverloaded is a request beyond --max-inflight.
+var errOverloaded = errors.New("api: overloaded")
 
 // Problem is an RFC 9457 problem details object.
 type Problem struct {
@@ -78,6 +87,12 @@ func classify(err error) (problemKind, string) {
 	switch {
 	case errors.As(err, &bad):
 		return bad.kind, bad.err.Error()
+	case errors.Is(err, ErrUnauthorized):
+		return probUnauthorized, err.Error()
+	case errors.Is(err, ErrForbidden):
+		return probForbidden, err.Error()
+	case errors.Is(err, errOverloaded):
+		return probOverloaded, "the gateway serves as many requests as --max-inflight allows; retry shortly"
 	case errors.As(err, &invalid):
 		kind := probInvalidHeader
 		switch invalid.Field {
@@ -124,6 +139,9 @@ func (s *Server) writeProblem(w http.ResponseWriter, kind problemKind, detail st
 	h.Set("X-Content-Type-Options", "nosniff")
 	if kind.retry > 0 {
 		h.Set("Retry-After", fmt.Sprint(kind.retry))
+	}
+	if kind == probUnauthorized {
+		h.Set("WWW-Authenticate", `Bearer realm="mqttgw"`)
 	}
 	w.WriteHeader(kind.status)
 	_ = json.NewEncoder(w).Encode(Problem{

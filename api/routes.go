@@ -5,6 +5,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // routes is the one place where every route is declared; openapi.yaml
@@ -15,7 +16,7 @@ func (s *Server) routes() http.Handler {
 	// their own. No middleware.Timeout: each request's deadline is its
 	// own ?timeout, applied in the handler.
 	r.Use(middleware.RequestID) // trusts a client's X-Request-Id: logs only
-	r.Use(s.logRequests)
+	r.Use(s.observe)
 	r.Use(middleware.Recoverer)
 
 	r.NotFound(s.notFound)
@@ -23,6 +24,7 @@ func (s *Server) routes() http.Handler {
 
 	r.Get("/healthz", s.healthz)
 	r.Get("/readyz", s.readyz)
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{}))
 	r.Post("/rpc/*", s.rpc)
 	s.mux = r
 	return r

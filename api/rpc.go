@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -29,23 +30,48 @@ const (
 // rpc publishes the request body on the topic named by the path and
 // answers with the reply.
 func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
-	req, timeout, err := s.decodeRequest(w, r)
-	if err != nil {
+	start := time.Now()
+	info := infoOf(r)
+	fail := func(err error) {
+		kind, _ := classify(err)
+		info.outcome = kind.outcome
+		s.metrics.rpcRequests.WithLabelValues(kind.outcome).Inc()
 		s.writeError(w, r, err)
+	}
+
+	// Refuse at once beyond the bound, before reading anything: queueing
+	// without bound would turn overload into timeouts for everyone.
+	if s.inflight.Add(1) > int64(s.cfg.MaxInflight) {
+		s.inflight.Add(-1)
+		fail(errOverloaded)
+		return
+	}
+	s.metrics.inflight.Inc()
+	defer func() {
+		s.inflight.Add(-1)
+		s.metrics.inflight.Dec()
+	}()
+
+	req, timeout, err := s.decodeRequest(w, r, info)
+	if err != nil {
+		fail(err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
 	reply, err := s.gw.Request(ctx, req)
+	s.metrics.rpcDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
-		s.writeError(w, r, err)
+		fail(err)
 		return
 	}
 	status, err := replyStatus(reply)
 	if err != nil {
-		s.writeError(w, r, err)
+		fail(err)
 		return
 	}
+	info.outcome = "ok"
+	s.metrics.rpcRequests.WithLabelValues("ok").Inc()
 	h := w.Header()
 	h.Set("Content-Type", replyContentType(reply.ContentType))
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -67,7 +93,7 @@ func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
 // decodeRequest maps an HTTP request to a gateway request and its timeout.
 // Cheap checks come first, so a bad topic is refused before a large body is
 // read.
-func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request) (gateway.Request, time.Duration, error) {
+func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, info *reqInfo) (gateway.Request, time.Duration, error) {
 	var req gateway.Request
 	topic, err := decodeTopic(r.URL.EscapedPath())
 	if err == nil {
@@ -75,6 +101,12 @@ func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request) (gateway.
 	}
 	if err != nil {
 		return req, 0, &badInput{kind: probInvalidTopic, err: err}
+	}
+	info.topic = topic
+	if s.cfg.Auth != nil {
+		if _, err := s.cfg.Auth.Check(r, topic); err != nil {
+			return req, 0, err
+		}
 	}
 	q := r.URL.Query()
 	timeout, err := parseTimeout(q, s.cfg.DefaultTimeout, s.cfg.MaxTimeout)
@@ -92,10 +124,19 @@ func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request) (gateway.
 	if r.ContentLength > s.cfg.MaxBody {
 		return req, 0, &badInput{kind: probBodyTooLarge, err: fmt.Errorf("the body is %d bytes; at most %d are allowed", r.ContentLength, s.cfg.MaxBody)}
 	}
+	// A slow upload may hold the connection only so long; the deadline is
+	// lifted again for the wait for the reply. (Recorders in tests can't
+	// set deadlines; that is fine.)
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
+	_ = rc.SetReadDeadline(time.Time{})
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
 			return req, 0, &badInput{kind: probBodyTooLarge, err: fmt.Errorf("the body is larger than the %d bytes allowed", s.cfg.MaxBody)}
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return req, 0, &badInput{kind: probBodyTimeout, err: fmt.Errorf("the body was not received within %s", s.cfg.BodyReadTimeout)}
 		}
 		return req, 0, fmt.Errorf("reading the request body: %w", err)
 	}

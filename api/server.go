@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
+	"runtime"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mqttgw/mqttgw/gateway"
 )
@@ -32,17 +35,42 @@ type Config struct {
 	// ReservedPrefix is the gateways' response prefix, which requests may
 	// not publish under. Default gateway.DefaultResponsePrefix.
 	ReservedPrefix string
+	// MaxInflight bounds the RPC requests served at once; beyond it
+	// requests get 503 at once rather than queueing without bound.
+	MaxInflight int
+	// BodyReadTimeout bounds reading a request body, so that a client
+	// trickling its upload can't hold a request slot; default 30s.
+	BodyReadTimeout time.Duration
+	// TrustedProxies are the proxies whose X-Forwarded-For is believed
+	// for the client address in logs.
+	TrustedProxies []netip.Prefix
+	// Auth, when set, authenticates API keys and authorizes topics on
+	// every route that publishes.
+	Auth *Authenticator
+	// Registerer receives the API's metrics and Gatherer serves /metrics;
+	// nil means a private registry.
+	Registerer prometheus.Registerer
+	Gatherer   prometheus.Gatherer
 }
 
 // DefaultConfig returns the defaults of DESIGN §2.
 func DefaultConfig() Config {
 	return Config{
-		DefaultTimeout: 10 * time.Second,
-		MaxTimeout:     60 * time.Second,
-		DefaultQoS:     1,
-		MaxBody:        1 << 20,
-		ReservedPrefix: gateway.DefaultResponsePrefix,
+		DefaultTimeout:  10 * time.Second,
+		MaxTimeout:      60 * time.Second,
+		DefaultQoS:      1,
+		MaxBody:         1 << 20,
+		ReservedPrefix:  gateway.DefaultResponsePrefix,
+		MaxInflight:     DefaultMaxInflight(),
+		BodyReadTimeout: 30 * time.Second,
 	}
+}
+
+// DefaultMaxInflight sizes --max-inflight for this machine: a waiting
+// request costs little CPU but a goroutine, its body and a pending entry,
+// so the bound grows with the cores that must keep up with the replies.
+func DefaultMaxInflight() int {
+	return 1024 * runtime.GOMAXPROCS(0)
 }
 
 // Validate reports the first setting that can't work.
@@ -56,6 +84,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("qos must be 0, 1 or 2, not %d", c.DefaultQoS)
 	case c.MaxBody <= 0:
 		return fmt.Errorf("max body must be positive, not %d", c.MaxBody)
+	case c.MaxInflight <= 0:
+		return fmt.Errorf("max inflight must be positive, not %d", c.MaxInflight)
+	case c.BodyReadTimeout <= 0:
+		return fmt.Errorf("body read timeout must be positive, not %s", c.BodyReadTimeout)
 	}
 	return nil
 }
@@ -67,7 +99,11 @@ type Server struct {
 	cfg     Config
 	handler http.Handler
 	mux     *chi.Mux // for the Allow header of 405s
+	metrics *metrics
+	gather  prometheus.Gatherer
 
+	// inflight counts RPC requests being served, against MaxInflight.
+	inflight atomic.Int64
 	// droppedProperties counts reply user properties that could not be
 	// written as a header value.
 	droppedProperties atomic.Uint64
@@ -78,7 +114,16 @@ func NewServer(logger *slog.Logger, gw Gateway, cfg Config) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{log: logger, gw: gw, cfg: cfg}
+	s := &Server{log: logger, gw: gw, cfg: cfg, gather: cfg.Gatherer}
+	reg := cfg.Registerer
+	if reg == nil {
+		r := prometheus.NewRegistry()
+		reg, s.gather = r, r
+	}
+	if s.gather == nil {
+		s.gather = prometheus.DefaultGatherer
+	}
+	s.metrics = newMetrics(reg, s)
 	s.handler = s.routes()
 	return s
 }

@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -291,11 +292,26 @@ func TestBindErrorsAreReturned(t *testing.T) {
 // publish it receives.
 func dial(t *testing.T, serverURL string, onMessage func(*paho.Publish)) *autopaho.ConnectionManager {
 	t.Helper()
+	return dialAs(t, serverURL, clientOpts{}, onMessage)
+}
+
+// clientOpts are the credentials and TLS settings of a test client.
+type clientOpts struct {
+	user, password string
+	clientID       string
+	tls            *tls.Config
+}
+
+// dialAs connects a paho client as o says; onMessage, if set, sees every
+// publish it receives. The test's cleanup disconnects it.
+func dialAs(t *testing.T, serverURL string, o clientOpts, onMessage func(*paho.Publish)) *autopaho.ConnectionManager {
+	t.Helper()
 	u, _ := url.Parse(serverURL)
 	ctx, cancel := context.WithCancel(context.Background())
 	cm, err := autopaho.NewConnection(ctx, autopaho.ClientConfig{
 		ServerUrls: []*url.URL{u}, KeepAlive: 30, CleanStartOnInitialConnection: true,
-		ClientConfig: paho.ClientConfig{OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+		ConnectUsername: o.user, ConnectPassword: []byte(o.password), TlsCfg: o.tls,
+		ClientConfig: paho.ClientConfig{ClientID: o.clientID, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 			func(pr paho.PublishReceived) (bool, error) {
 				if onMessage != nil {
 					onMessage(pr.Packet)

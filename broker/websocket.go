@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -20,6 +21,7 @@ import (
 type wsListener struct {
 	id      string
 	address string
+	tls     *tls.Config // nil: plain ws
 	ln      net.Listener
 	srv     *http.Server
 	log     *slog.Logger
@@ -31,12 +33,20 @@ type wsListener struct {
 
 var _ listeners.Listener = (*wsListener)(nil)
 
-func newWSListener(id, address string) *wsListener {
-	return &wsListener{id: id, address: address}
+// newWSListener returns a WebSocket listener; with tc it serves secure
+// WebSockets (wss).
+func newWSListener(id, address string, tc *tls.Config) *wsListener {
+	return &wsListener{id: id, address: address, tls: tc}
 }
 
-func (l *wsListener) ID() string       { return l.id }
-func (l *wsListener) Protocol() string { return "ws" }
+func (l *wsListener) ID() string { return l.id }
+
+func (l *wsListener) Protocol() string {
+	if l.tls != nil {
+		return "wss"
+	}
+	return "ws"
+}
 
 func (l *wsListener) Address() string {
 	if l.ln != nil {
@@ -50,6 +60,11 @@ func (l *wsListener) Init(log *slog.Logger) error {
 	ln, err := net.Listen("tcp", l.address)
 	if err != nil {
 		return err
+	}
+	if l.tls != nil {
+		// TLS under HTTP, as http.Server.ServeTLS would do; that one
+		// binds nothing itself but wants certificate files.
+		ln = tls.NewListener(ln, l.tls)
 	}
 	l.ln = ln
 	l.srv = &http.Server{

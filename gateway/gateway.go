@@ -90,6 +90,7 @@ type Gateway struct {
 
 	// connected is true between ConnectionUp and ConnectionDown.
 	connected atomic.Bool
+	connects  atomic.Uint64 // ConnectionUp calls
 	closed    atomic.Bool
 	closeOnce sync.Once
 }
@@ -242,6 +243,7 @@ func (g *Gateway) HandleReply(m *Message) {
 // ConnectionUp marks the gateway ready; transports call it once the
 // response subscription is acknowledged.
 func (g *Gateway) ConnectionUp() {
+	g.connects.Add(1)
 	g.connected.Store(true)
 	g.log.Info("broker connection up", "response_topic", g.responseTopic)
 }

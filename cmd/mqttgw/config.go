@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
@@ -37,6 +38,15 @@ type config struct {
 	ShutdownGrace  time.Duration
 	LogLevel       slog.Level
 	LogFormat      string
+	MaxHeaderBytes int
+	// AuthFile holds the HTTP API keys; "" leaves the API open.
+	AuthFile string
+	// MQTTUsersFile holds the embedded broker's users; "" allows anonymous
+	// clients.
+	MQTTUsersFile string
+	MQTTTLSAddr   string
+	// TLS serves HTTPS and the embedded broker's TLS listeners.
+	TLS *tls.Config
 }
 
 const envPrefix = "MQTTGW_"
@@ -49,7 +59,8 @@ var errHelp = errors.New("help requested")
 func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (config, error) {
 	cfg := config{API: api.DefaultConfig()}
 	maxBody := byteSize(cfg.API.MaxBody)
-	var brokerCA, brokerCert, brokerKey string
+	maxHeader := byteSize(64 << 10)
+	var brokerCA, brokerCert, brokerKey, tlsCert, tlsKey, trustedProxies string
 	qos := uint(cfg.API.DefaultQoS)
 
 	fs := flag.NewFlagSet("mqttgw", flag.ContinueOnError)
@@ -67,6 +78,14 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.DurationVar(&cfg.API.MaxTimeout, "max-timeout", cfg.API.MaxTimeout, "largest ?timeout a client may ask for")
 	fs.UintVar(&qos, "qos", qos, "default QoS of requests: 0, 1 or 2 (a request's ?qos overrides it)")
 	fs.Var(&maxBody, "max-body", "largest request body, e.g. 1MiB, 512KiB or 65536 (bytes)")
+	fs.Var(&maxHeader, "max-header-bytes", "largest size of a request's headers, request line included")
+	fs.IntVar(&cfg.API.MaxInflight, "max-inflight", cfg.API.MaxInflight, "most RPC requests served at once (default 1024 per CPU); beyond it 503 at once")
+	fs.StringVar(&trustedProxies, "trusted-proxies", "", "comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For names the client (logs)")
+	fs.StringVar(&cfg.AuthFile, "auth-file", "", "YAML file of API keys (SHA-256 hashed) and the topic filters each may publish to; reloaded on SIGHUP; \"\" = no authentication")
+	fs.StringVar(&cfg.MQTTUsersFile, "mqtt-users-file", "", "YAML file of the embedded broker's users (bcrypt passwords, publish/subscribe filters); reloaded on SIGHUP; \"\" = anonymous clients allowed")
+	fs.StringVar(&cfg.MQTTTLSAddr, "mqtt-tls-addr", "", "embedded broker's MQTT-over-TLS listen address, with --tls-cert/--tls-key (\"\" = none)")
+	fs.StringVar(&tlsCert, "tls-cert", "", "PEM certificate (chain) for HTTPS and the embedded broker's TLS listeners")
+	fs.StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&cfg.InstanceID, "instance-id", "", "this replica's id; scopes its response topic (default random)")
 	fs.StringVar(&cfg.ResponsePrefix, "response-prefix", gateway.DefaultResponsePrefix, "topic prefix under which all replicas receive replies; requests may not publish under it")
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 15*time.Second, "on SIGINT/SIGTERM, how long in-flight requests may still finish before they get 503")
@@ -83,10 +102,28 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
 	}
-	if err := applyEnv(fs, getenv); err != nil {
+	err := applyEnv(fs, getenv)
+	if err != nil {
 		return cfg, err
 	}
 	cfg.API.MaxBody = int64(maxBody)
+	cfg.MaxHeaderBytes = int(maxHeader)
+	if cfg.API.TrustedProxies, err = parsePrefixes(trustedProxies); err != nil {
+		return cfg, fmt.Errorf("--trusted-proxies: %w", err)
+	}
+	if (tlsCert == "") != (tlsKey == "") {
+		return cfg, errors.New("--tls-cert and --tls-key go together")
+	}
+	if tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(tlsCert, tlsKey)
+		if err != nil {
+			return cfg, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
+	}
+	if cfg.MQTTTLSAddr != "" && cfg.TLS == nil {
+		return cfg, errors.New("--mqtt-tls-addr needs --tls-cert and --tls-key")
+	}
 	if qos > 2 {
 		return cfg, fmt.Errorf("--qos must be 0, 1 or 2, not %d", qos)
 	}
@@ -118,6 +155,27 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 		return cfg, fmt.Errorf("--shutdown-grace must not be negative")
 	}
 	return cfg, nil
+}
+
+// parsePrefixes reads a comma-separated list of IPs and CIDRs.
+func parsePrefixes(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(list, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			a, aerr := netip.ParseAddr(f)
+			if aerr != nil {
+				return nil, fmt.Errorf("%q is neither an IP nor a CIDR", f)
+			}
+			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // clientTLS is the TLS configuration for an external broker.

@@ -15,6 +15,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
 	"github.com/mqttgw/mqttgw/api"
 	"github.com/mqttgw/mqttgw/broker"
 	"github.com/mqttgw/mqttgw/gateway"
@@ -66,6 +69,8 @@ type app struct {
 	http     *http.Server
 	httpAddr string
 	served   chan error // Serve's result
+	auth     *api.Authenticator
+	hup      chan os.Signal
 }
 
 // start binds every listener (so "address in use" is an error here, and
@@ -106,21 +111,48 @@ func start(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error
 	}
 	closers = append(closers, func() { a.gw.Close(context.Background()) })
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(a.gw.Collectors()...)
+	if a.broker != nil {
+		reg.MustRegister(a.broker.Collectors()...)
+	}
 	apiCfg := cfg.API
 	apiCfg.ReservedPrefix = a.gw.ResponsePrefix()
+	apiCfg.Registerer, apiCfg.Gatherer = reg, reg
+	if cfg.AuthFile != "" {
+		if a.auth, err = api.NewAuthenticator(cfg.AuthFile); err != nil {
+			return nil, err
+		}
+		apiCfg.Auth = a.auth
+	} else if ip := net.ParseIP(hostOf(a.httpAddr)); ip == nil || !ip.IsLoopback() {
+		log.Warn("the HTTP API is open: anyone who can reach " + a.httpAddr + " may publish on any topic; set --auth-file, or listen on 127.0.0.1")
+	}
 	a.http = &http.Server{
 		Handler: api.NewServer(log.With("component", "api"), a.gw, apiCfg),
-		// Slow clients can't hold a connection open by trickling headers;
-		// there is no WriteTimeout because a reply may take --max-timeout.
+		// Slow clients can't hold a connection by trickling headers, nor
+		// by reading a response slowly; a reply itself may take up to
+		// --max-timeout. Bodies have their own deadline in the handler.
 		ReadHeaderTimeout: 10 * time.Second,
+		WriteTimeout:      cfg.API.MaxTimeout + 30*time.Second,
 		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		TLSConfig:         cfg.TLS,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	go func() { a.served <- a.http.Serve(ln) }()
+	go func() {
+		if cfg.TLS != nil {
+			a.served <- a.http.ServeTLS(ln, "", "")
+			return
+		}
+		a.served <- a.http.Serve(ln)
+	}()
+	a.hup = make(chan os.Signal, 1)
+	signal.Notify(a.hup, syscall.SIGHUP)
 
 	attrs := []any{"http_addr", a.httpAddr, "response_topic", a.gw.ResponseTopic()}
 	if a.broker != nil {
-		attrs = append(attrs, "mqtt_addr", a.broker.Addr(), "ws_addr", a.broker.WSAddr())
+		attrs = append(attrs, "mqtt_addr", a.broker.Addr(), "ws_addr", a.broker.WSAddr(), "mqtt_tls_addr", a.broker.TLSAddr())
 	} else {
 		attrs = append(attrs, "broker", cfg.BrokerURL.Redacted())
 	}
@@ -144,6 +176,9 @@ func (a *app) transport(cfg config, log *slog.Logger, closers *[]func()) (gatewa
 	b, err := broker.New(broker.Config{
 		TCPAddr:        cfg.MQTTAddr,
 		WSAddr:         cfg.WSAddr,
+		TLSAddr:        cfg.MQTTTLSAddr,
+		TLS:            cfg.TLS,
+		UsersFile:      cfg.MQTTUsersFile,
 		ResponsePrefix: cfg.ResponsePrefix,
 		Logger:         log.With("component", "broker"),
 	})
@@ -158,14 +193,46 @@ func (a *app) transport(cfg config, log *slog.Logger, closers *[]func()) (gatewa
 	return b.Transport(), nil
 }
 
+// reload re-reads the auth and users files (SIGHUP). A broken file is
+// logged and the previous one stays in force.
+func (a *app) reload() {
+	if a.auth != nil {
+		if err := a.auth.Reload(); err != nil {
+			a.log.Error("reloading --auth-file failed; the old keys stay in force", "error", err)
+		} else {
+			a.log.Info("reloaded --auth-file", "keys", a.auth.Keys().Len())
+		}
+	}
+	if a.broker != nil && a.cfg.MQTTUsersFile != "" {
+		if err := a.broker.ReloadUsers(); err != nil {
+			a.log.Error("reloading --mqtt-users-file failed; the old users stay in force", "error", err)
+		} else {
+			a.log.Info("reloaded --mqtt-users-file")
+		}
+	}
+}
+
+func hostOf(addr string) string {
+	host, _, _ := net.SplitHostPort(addr)
+	return host
+}
+
 // wait serves until ctx ends, then shuts down in reverse order of start:
 // stop accepting and let in-flight requests finish within the grace
 // period, fail the rest with 503, then disconnect and close the broker.
 func (a *app) wait(ctx context.Context) error {
+	defer signal.Stop(a.hup)
 	var serveErr error
-	select {
-	case <-ctx.Done():
-	case serveErr = <-a.served:
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case serveErr = <-a.served:
+			break wait
+		case <-a.hup:
+			a.reload()
+		}
 	}
 	a.log.Info("shutting down", "grace", a.cfg.ShutdownGrace)
 

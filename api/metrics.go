@@ -1,0 +1,102 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the API's Prometheus metrics. No label carries the topic:
+// topics are unbounded, and so would be the series.
+type metrics struct {
+	httpRequests *prometheus.CounterVec
+	rpcRequests  *prometheus.CounterVec
+	rpcDuration  prometheus.Histogram
+	inflight     prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
+	m := &metrics{
+		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mqttgw_http_requests_total",
+			Help: "HTTP requests by route pattern, method and status code.",
+		}, []string{"route", "method", "code"}),
+		rpcRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mqttgw_rpc_requests_total",
+			Help: "RPC requests (POST /rpc/...) by outcome: ok, timeout, no_responders, broker_unavailable, overloaded, shutting_down, rejected, bad_reply, invalid, too_large, unauthorized, forbidden, client_gone, internal.",
+		}, []string{"outcome"}),
+		rpcDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "mqttgw_rpc_duration_seconds",
+			Help: "Time from receiving an RPC request to its answer, in seconds, for requests that passed validation.",
+			// From sub-millisecond in-process round trips to the 60s
+			// default --max-timeout.
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mqttgw_rpc_inflight_requests",
+			Help: "RPC requests being served now (bounded by --max-inflight).",
+		}),
+	}
+	dropped := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "mqttgw_dropped_user_properties_total",
+		Help: "Reply user properties not sent because they can't be an HTTP header value.",
+	}, func() float64 { return float64(s.droppedProperties.Load()) })
+	reg.MustRegister(m.httpRequests, m.rpcRequests, m.rpcDuration, m.inflight, dropped)
+	return m
+}
+
+// reqInfo is filled in by handlers for the request log line.
+type reqInfo struct {
+	topic   string
+	outcome string
+}
+
+type reqInfoKey struct{}
+
+func infoOf(r *http.Request) *reqInfo {
+	if i, ok := r.Context().Value(reqInfoKey{}).(*reqInfo); ok {
+		return i
+	}
+	return &reqInfo{}
+}
+
+// observe counts each request and writes its log line.
+func (s *Server) observe(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		info := &reqInfo{}
+		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
+		next.ServeHTTP(ww, r.WithContext(contextWith(r, info)))
+
+		status := ww.Status()
+		if status == 0 { // nothing written: the client went away
+			status = probClientGone.status
+		}
+		route := chi.RouteContext(r.Context()).RoutePattern()
+		if route == "" {
+			route = "unmatched"
+		}
+		s.metrics.httpRequests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
+		attrs := []any{
+			"method", r.Method,
+			"path", r.URL.EscapedPath(),
+			"status", status,
+			"duration", time.Since(start),
+			"request_id", middleware.GetReqID(r.Context()),
+			"client_ip", s.clientIP(r),
+		}
+		if info.topic != "" {
+			attrs = append(attrs, "topic", info.topic, "outcome", info.outcome)
+		}
+		s.log.InfoContext(r.Context(), "request", attrs...)
+	})
+}
+
+func contextWith(r *http.Request, info *reqInfo) context.Context {
+	return context.WithValue(r.Context(), reqInfoKey{}, info)
+}

@@ -1,0 +1,287 @@
+package broker
+
+// The users file of the embedded broker (Config.UsersFile):
+//
+//	users:
+//	  - username: temperature-service
+//	    password_bcrypt: "$2a$10$..." # htpasswd -nbBC 10 "" 'secret' | cut -d: -f2
+//	    publish: ["mqttgw/reply/#"]    # replies to the gateway
+//	    subscribe: ["svc/temperature/#"]
+//	  - username: dashboard
+//	    password_bcrypt: "$2a$10$..."
+//	    subscribe: ["sensors/+/temperature"]
+//
+// publish lists the topic filters a user may publish to; subscribe lists
+// the filters a user may subscribe with and receive messages from. Both
+// are MQTT topic filters, "+" and "#" included, and matched with mochi's
+// own topic index so that they mean exactly what they mean to the broker.
+// A SUBSCRIBE filter is granted when one subscribe filter covers it,
+// i.e. matches every topic it can match (filterCovers); a
+// "$share/<group>/" prefix is left out of the check. Every delivery is
+// checked again against the subscribe filters in force, so a ReloadUsers
+// narrows existing subscriptions too. A publish must name its topic: one
+// by topic alias alone matches no filter and is refused.
+//
+// Whatever subscribe says, no network client ever reads the gateway's
+// response prefix; a responder needs that prefix in publish (e.g.
+// "mqttgw/reply/#") to answer requests.
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"go.yaml.in/yaml/v4"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/mqttgw/mqttgw/gateway"
+)
+
+// userTable is a parsed, validated users file. It is never modified after
+// parseUsers returns, so that the hook can read it without locks while
+// ReloadUsers swaps in a new one.
+type userTable struct {
+	users map[string]*user
+}
+
+// user is one entry of the users file.
+type user struct {
+	name string
+	hash []byte
+	// pub and sub hold the user's publish and subscribe filters, each
+	// subscribed under the user's name, so that topic names are matched
+	// by mochi's own matcher.
+	pub, sub *mqtt.TopicsIndex
+	// subFilters are the subscribe filters again, for filterCovers.
+	subFilters []string
+}
+
+// usersFile and usersFileEntry are the YAML schema. Users is a pointer so
+// that a file without "users" (a truncated file, or the wrong one) is told
+// apart from an explicit "users: []"; its entries are nodes so that errors
+// can name their lines.
+type usersFile struct {
+	Users *[]yaml.Node `yaml:"users"`
+}
+
+type usersFileEntry struct {
+	Username       string   `yaml:"username"`
+	PasswordBcrypt string   `yaml:"password_bcrypt"`
+	Publish        []string `yaml:"publish"`
+	Subscribe      []string `yaml:"subscribe"`
+}
+
+// parseUsers parses and validates a users file. It refuses unknown
+// fields, a document without "users", empty or duplicate usernames,
+// password hashes that are not bcrypt, and filters that are not valid
+// MQTT topic filters. An explicit "users: []" is valid and lets nobody in.
+func parseUsers(data []byte) (*userTable, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, errors.New(`file is empty; it needs a "users" list`)
+	}
+	var f usersFile
+	if err := yaml.Load(data, &f, yaml.WithKnownFields()); err != nil {
+		return nil, err
+	}
+	if f.Users == nil {
+		return nil, errors.New(`no "users" list`)
+	}
+	t := &userTable{users: make(map[string]*user, len(*f.Users))}
+	lines := make(map[string]int, len(*f.Users))
+	for i := range *f.Users {
+		n := &(*f.Users)[i]
+		var e usersFileEntry
+		if err := n.Load(&e, yaml.WithKnownFields()); err != nil {
+			return nil, fmt.Errorf("user %d: %w", i+1, err)
+		}
+		where := fmt.Sprintf("line %d: user %d", n.Line, i+1)
+		if e.Username != "" {
+			where += fmt.Sprintf(" (%q)", e.Username)
+		}
+		u, err := parseUser(e)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		if line, dup := lines[u.name]; dup {
+			return nil, fmt.Errorf("%s: username already listed on line %d", where, line)
+		}
+		lines[u.name] = n.Line
+		t.users[u.name] = u
+	}
+	return t, nil
+}
+
+// parseUser validates one entry of the users file.
+func parseUser(e usersFileEntry) (*user, error) {
+	if e.Username == "" {
+		return nil, errors.New("username is empty")
+	}
+	if err := gateway.CheckString(e.Username); err != nil {
+		return nil, fmt.Errorf("username %v", err)
+	}
+	u := &user{name: e.Username, hash: []byte(e.PasswordBcrypt), pub: mqtt.NewTopicsIndex(), sub: mqtt.NewTopicsIndex()}
+	// Never echo the hash: if someone pasted the password itself here,
+	// the error would leak it into logs.
+	if e.PasswordBcrypt == "" {
+		return nil, errors.New("password_bcrypt is empty")
+	}
+	if !isBcryptHash(u.hash) {
+		return nil, errors.New("password_bcrypt is not a bcrypt hash (want 60 characters starting $2a$, $2b$ or $2y$, e.g. from htpasswd -nbBC 10 '' PASSWORD)")
+	}
+	for _, f := range e.Publish {
+		if err := checkUserFilter(f); err != nil {
+			return nil, fmt.Errorf("publish filter %q %w", f, err)
+		}
+		u.pub.Subscribe(u.name, packets.Subscription{Filter: f})
+	}
+	for _, f := range e.Subscribe {
+		if err := checkUserFilter(f); err != nil {
+			return nil, fmt.Errorf("subscribe filter %q %w", f, err)
+		}
+		u.sub.Subscribe(u.name, packets.Subscription{Filter: f})
+		u.subFilters = append(u.subFilters, f)
+	}
+	return u, nil
+}
+
+// isBcryptHash reports whether h looks like a bcrypt hash:
+// "$2a$" (or 2b, 2y), a two-digit cost, "$", then 53 characters of
+// bcrypt's base64 (22 of salt, 31 of hash). bcrypt.Cost alone would
+// accept any 59 bytes that start with "$" and a version up to 2.
+func isBcryptHash(h []byte) bool {
+	if len(h) != 60 || h[0] != '$' || h[1] != '2' || strings.IndexByte("aby", h[2]) < 0 || h[3] != '$' || h[6] != '$' {
+		return false
+	}
+	for _, c := range h[7:] {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '/') {
+			return false
+		}
+	}
+	_, err := bcrypt.Cost(h) // checks the cost digits and range
+	return err == nil
+}
+
+// checkUserFilter says why filter can't be one of a user's filters.
+func checkUserFilter(filter string) error {
+	if err := gateway.CheckString(filter); err != nil {
+		return err
+	}
+	if !mqtt.IsValidFilter(filter, false) {
+		return errors.New("is not a valid MQTT topic filter")
+	}
+	// A grant names topics; which share group a client joins is its own
+	// business, and "$share/g/x" requests are checked as "x".
+	if mqtt.IsSharedFilter(filter) {
+		return errors.New("is a shared subscription ($share/...); list the topic filter itself, which also allows $share/<group>/ subscriptions to it")
+	}
+	// mochi accepts "a+/b" and "a/b#" as literal levels; MQTT requires a
+	// wildcard to be a whole level [MQTT-4.7.1-2] [MQTT-4.7.1-3], and
+	// such a grant would most likely not mean what its author thinks.
+	for level := range strings.SplitSeq(filter, "/") {
+		if level != "+" && level != "#" && strings.ContainsAny(level, "+#") {
+			return errors.New(`has a wildcard that is not a whole level ("+" and "#" must stand alone between slashes)`)
+		}
+	}
+	return nil
+}
+
+// lookup returns the named user, or nil.
+func (t *userTable) lookup(name []byte) *user {
+	return t.users[string(name)]
+}
+
+// checkPassword reports whether password is u's. A nil u (an unknown
+// username) still costs one bcrypt comparison, so that response times
+// don't tell which usernames exist.
+func (u *user) checkPassword(password []byte) bool {
+	if u == nil {
+		_ = bcrypt.CompareHashAndPassword(dummyHash(), password)
+		return false
+	}
+	return bcrypt.CompareHashAndPassword(u.hash, password) == nil
+}
+
+// dummyHash is a bcrypt hash of nothing at the default cost, made on first
+// use so that programs without a users file never pay for it.
+var dummyHash = sync.OnceValue(func() []byte {
+	h, err := bcrypt.GenerateFromPassword(nil, bcrypt.DefaultCost)
+	if err != nil {
+		panic(err) // only for a cost out of range, which DefaultCost is not
+	}
+	return h
+})
+
+// canPublish reports whether u may publish to the topic name.
+func (u *user) canPublish(topic string) bool {
+	return matches(u.pub, topic)
+}
+
+// canRead reports whether u may subscribe with filter (share prefix
+// already removed) or, for a topic name, receive a message published to
+// it. mochi asks the same question for both.
+func (u *user) canRead(filter string) bool {
+	if !strings.ContainsAny(filter, "+#") {
+		// A topic name, or a filter that names one topic only.
+		return matches(u.sub, filter)
+	}
+	for _, g := range u.subFilters {
+		if filterCovers(g, filter) {
+			return true
+		}
+	}
+	return false
+}
+
+// matches reports whether a filter in idx matches the topic name.
+func matches(idx *mqtt.TopicsIndex, topic string) bool {
+	return len(idx.Subscribers(topic).Subscriptions) > 0
+}
+
+// filterCovers reports whether the granted filter g matches every topic
+// name that the requested filter f matches, as mochi matches them, so that
+// a subscription to f can only ever receive what g allows. (Deliveries are
+// checked topic by topic anyway; this decides the SUBACK.)
+//
+// Level by level: "#" in g covers whatever f has from there on; "+" in g
+// covers "+" or any one level in f; a literal level in g covers only the
+// same literal in f. Two rules of mochi's matcher are mirrored so that the
+// answer agrees with it: wildcards at the first level never match topics
+// starting with "$" [MQTT-4.7.2-1], and "x/#" matches its parent "x" only
+// when the level before "#" is a literal, not "+".
+//
+// Levels that mix a wildcard with other characters (mochi allows "a+")
+// are compared as literals, as mochi does.
+func filterCovers(g, f string) bool {
+	gl, fl := strings.Split(g, "/"), strings.Split(f, "/")
+	dollar := strings.HasPrefix(fl[0], "$") // f can match "$" topics only so
+	for i := 0; ; i++ {
+		switch {
+		case i < len(gl) && gl[i] == "#":
+			if i == 0 {
+				return !dollar
+			}
+			// f matches topics with exactly i levels (the parent of
+			// g's "#") when it ends here, or ends in "x/#" unless that
+			// parent is the empty, invalid topic of "/#"; g matches
+			// those only if its level before "#" is a literal.
+			fParent := i == len(fl) || (fl[i] == "#" && fl[i-1] != "+" && (i > 1 || fl[0] != ""))
+			return !fParent || gl[i-1] != "+"
+		case i == len(fl):
+			// f's topics end here; g wants more levels (or ends too).
+			return i == len(gl)
+		case i == len(gl), fl[i] == "#":
+			// f matches longer topics (or any depth) that g doesn't.
+			return false
+		case gl[i] == "+":
+			if i == 0 && dollar {
+				return false
+			}
+		case gl[i] != fl[i]:
+			return false
+		}
+	}
+}
