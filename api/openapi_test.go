@@ -298,6 +298,18 @@ func wantDeadline(t *testing.T, ctx context.Context, d time.Duration) {
 	}
 }
 
+const testAPIKey = "k-0123456789abcdef0123456789abcdef"
+
+// withAuth turns on API keys: testAPIKey may publish on devices/+/get.
+func withAuth(c *Config) {
+	ks, err := ParseKeys([]byte("keys:\n  - name: test\n    sha256: " + HashKey(testAPIKey) + "\n    topics: [\"devices/+/get\"]\n"))
+	if err != nil {
+		panic(err)
+	}
+	c.Auth = &Authenticator{}
+	c.Auth.keys.Store(ks)
+}
+
 // stallReader blocks until ctx ends, like a client that stops sending.
 type stallReader struct{ ctx context.Context }
 
@@ -492,6 +504,30 @@ func liveCases() []liveCase {
 			hdr: map[string][]string{"Allow": {"GET"}}},
 
 		// 413
+		{
+			name: "401 no API key", target: "/rpc/devices/1/get", reqBody: []byte("x"),
+			cfg:    withAuth,
+			status: 401, slug: "unauthorized", hdr: map[string][]string{"Www-Authenticate": {`Bearer realm="mqttgw"`}},
+		},
+		{
+			name: "401 unknown API key", target: "/rpc/devices/1/get", reqBody: []byte("x"),
+			header: [][2]string{{"Authorization", "Bearer not-a-key"}},
+			cfg:    withAuth,
+			status: 401, slug: "unauthorized", hdr: map[string][]string{"Www-Authenticate": {`Bearer realm="mqttgw"`}},
+		},
+		{
+			name: "403 topic outside the key's filters", target: "/rpc/admin/shutdown", reqBody: []byte("x"),
+			header: [][2]string{{"X-API-Key", testAPIKey}},
+			cfg:    withAuth,
+			status: 403, slug: "forbidden", detail: "admin/shutdown",
+		},
+		{
+			name: "200 with an API key", target: "/rpc/devices/1/get", reqBody: []byte("x"),
+			header:  [][2]string{{"Authorization", "Bearer " + testAPIKey}},
+			cfg:     withAuth,
+			request: replyWith(gateway.Reply{Payload: []byte("ok")}),
+			status:  200, ctype: "application/octet-stream", wantBody: "ok",
+		},
 		{
 			name: "408 body stalls", target: "/rpc/a", reqBody: []byte("x"), stall: true,
 			cfg:    func(c *Config) { c.BodyReadTimeout = 100 * time.Millisecond },

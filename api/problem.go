@@ -88,9 +88,9 @@ func classify(err error) (problemKind, string) {
 	case errors.As(err, &bad):
 		return bad.kind, bad.err.Error()
 	case errors.Is(err, ErrUnauthorized):
-		return probUnauthorized, err.Error()
+		return probUnauthorized, authDetail(err)
 	case errors.Is(err, ErrForbidden):
-		return probForbidden, err.Error()
+		return probForbidden, authDetail(err)
 	case errors.Is(err, errOverloaded):
 		return probOverloaded, "the gateway serves as many requests as --max-inflight allows; retry shortly"
 	case errors.As(err, &invalid):
@@ -119,6 +119,15 @@ func classify(err error) (problemKind, string) {
 	}
 	// Internal details go to the log, not to the client.
 	return probInternal, "the gateway failed to handle the request; see its log"
+}
+
+// authDetail is what the client may see of an authentication failure.
+func authDetail(err error) string {
+	var ae *AuthError
+	if errors.As(err, &ae) && ae.Detail != "" {
+		return ae.Detail
+	}
+	return err.Error()
 }
 
 // writeError answers with the problem for err.

@@ -51,6 +51,7 @@ type Broker struct {
 	tcp       *listeners.TCP
 	tls       *listeners.TCP
 	ws        *wsListener
+	gate      gate
 }
 
 // New creates the broker and binds its listeners, so that an address in
@@ -100,7 +101,7 @@ func New(cfg Config) (*Broker, error) {
 	// that failed to bind never joined the server.
 	if cfg.TCPAddr != "" {
 		b.tcp = listeners.NewTCP(listeners.Config{Type: listeners.TypeTCP, ID: "tcp", Address: cfg.TCPAddr})
-		if err := b.srv.AddListener(b.tcp); err != nil {
+		if err := b.srv.AddListener(b.guard(b.tcp)); err != nil {
 			_ = b.srv.Close()
 			return nil, fmt.Errorf("broker: mqtt listener on %s: %w", cfg.TCPAddr, err)
 		}
@@ -108,7 +109,7 @@ func New(cfg Config) (*Broker, error) {
 	if cfg.TLSAddr != "" {
 		// A copy, so that the caller can't change it under the listener.
 		b.tls = listeners.NewTCP(listeners.Config{Type: listeners.TypeTCP, ID: "tls", Address: cfg.TLSAddr, TLSConfig: cfg.TLS.Clone()})
-		if err := b.srv.AddListener(b.tls); err != nil {
+		if err := b.srv.AddListener(b.guard(b.tls)); err != nil {
 			_ = b.srv.Close()
 			return nil, fmt.Errorf("broker: mqtt tls listener on %s: %w", cfg.TLSAddr, err)
 		}
@@ -122,7 +123,7 @@ func New(cfg Config) (*Broker, error) {
 			tc.NextProtos = []string{"http/1.1"}
 		}
 		b.ws = newWSListener("ws", cfg.WSAddr, tc)
-		if err := b.srv.AddListener(b.ws); err != nil {
+		if err := b.srv.AddListener(b.guard(b.ws)); err != nil {
 			_ = b.srv.Close()
 			return nil, fmt.Errorf("broker: websocket listener on %s: %w", cfg.WSAddr, err)
 		}
@@ -211,5 +212,6 @@ func (b *Broker) HasSubscribers(topic string) bool {
 
 // Close disconnects every client and stops the listeners.
 func (b *Broker) Close() error {
+	b.gate.close()
 	return b.srv.Close()
 }

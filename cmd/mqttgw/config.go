@@ -240,9 +240,19 @@ Usage: mqttgw [flags]
 Every flag can also be set with the environment variable shown; flags win.
 
 `)
+	printFlags(w, fs, envName)
+}
+
+// printFlags lists fs's flags in --flag style, each with the environment
+// variable env names for it ("" for none).
+func printFlags(w io.Writer, fs *flag.FlagSet, env func(string) string) {
 	fs.VisitAll(func(f *flag.Flag) {
 		typ, usage := flag.UnquoteUsage(f)
-		fmt.Fprintf(w, "  --%s %s\n    \t%s (default %q; env %s)\n", f.Name, typ, usage, f.DefValue, envName(f.Name))
+		fmt.Fprintf(w, "  --%s %s\n    \t%s (default %q", f.Name, typ, usage, f.DefValue)
+		if e := env(f.Name); e != "" {
+			fmt.Fprintf(w, "; env %s", e)
+		}
+		fmt.Fprintln(w, ")")
 	})
 }
 

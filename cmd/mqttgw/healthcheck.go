@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,15 +23,23 @@ func healthcheck(ctx context.Context, args []string, getenv func(string) string,
 	timeout := fs.Duration("timeout", 3*time.Second, "how long to wait for the answer")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stdout, "Usage: mqttgw healthcheck [flags]\n\nExits 0 when the gateway's /readyz answers 200.")
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
+			fmt.Fprint(stdout, "Usage: mqttgw healthcheck [flags]\n\nExits 0 when the gateway's /readyz answers 200.\n\n")
+			printFlags(stdout, fs, func(name string) string {
+				if name == "http-addr" {
+					return envName(name)
+				}
+				return ""
+			})
 			return nil
 		}
 		return err
 	}
-	if err := applyEnv(fs, getenv); err != nil {
-		return err
+	// Only the gateway's own address comes from its environment: the
+	// other MQTTGW_* variables (MQTTGW_TIMEOUT…) mean something else there.
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "http-addr" })
+	if v := getenv(envName("http-addr")); v != "" && !given {
+		*addr = v
 	}
 	host, port, err := net.SplitHostPort(*addr)
 	if err != nil {
@@ -41,12 +50,20 @@ func healthcheck(ctx context.Context, args []string, getenv func(string) string,
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	url := "http://" + net.JoinHostPort(host, port) + *path
+	scheme, client := "http", http.DefaultClient
+	if getenv(envName("tls-cert")) != "" {
+		// The gateway serves HTTPS. The probe asks its own container over
+		// loopback whether it is ready, not who it is: the certificate
+		// names the public host, so don't verify it.
+		scheme = "https"
+		client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec
+	}
+	url := scheme + "://" + net.JoinHostPort(host, port) + *path
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("healthcheck: %w", err)
 	}

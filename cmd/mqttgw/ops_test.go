@@ -212,6 +212,14 @@ func TestTLSListeners(t *testing.T) {
 		t.Fatalf("https: %d %q", resp.StatusCode, body)
 	}
 
+	// The container healthcheck speaks HTTPS when the gateway does.
+	env := func(k string) string {
+		return map[string]string{"MQTTGW_HTTP_ADDR": a.httpAddr, "MQTTGW_TLS_CERT": pki.ServerCert}[k]
+	}
+	if err := run(context.Background(), []string{"healthcheck"}, env, io.Discard, io.Discard); err != nil {
+		t.Errorf("healthcheck of an HTTPS gateway: %v", err)
+	}
+
 	// A real MQTT client over mqtts:// answers a request.
 	u, _ := url.Parse("mqtts://" + a.broker.TLSAddr())
 	ctx, cancel := context.WithCancel(context.Background())

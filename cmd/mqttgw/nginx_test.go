@@ -1,0 +1,362 @@
+//go:build unix
+
+package main
+
+// The gateway behind a real nginx under a path prefix, configured by
+// deploy/nginx-prefix.conf: long waits, percent-encoded topics, problem
+// responses and client IPs must all come through as without nginx.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
+)
+
+// nginxPrefixConf is the example configuration the test runs.
+const nginxPrefixConf = "../../deploy/nginx-prefix.conf"
+
+func TestBehindNginx(t *testing.T) {
+	bin := need(t, "nginx", "apt-get install -y nginx-light")
+	template, err := os.ReadFile(nginxPrefixConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The shipped config must outwait the longest request the gateway
+	// allows by default: nginx would cut a ?timeout=60s request with its
+	// own HTML 504 otherwise.
+	m := regexp.MustCompile(`(?m)^[ \t]*proxy_read_timeout[ \t]+([^;\s]+);`).FindAllSubmatch(template, -1)
+	if len(m) != 1 {
+		t.Fatalf("%s: %d proxy_read_timeout directives, want 1", nginxPrefixConf, len(m))
+	}
+	readTimeout, err := nginxTime(string(m[0][1]))
+	if err != nil {
+		t.Fatalf("%s: proxy_read_timeout: %v", nginxPrefixConf, err)
+	}
+	if maxTimeout := testConfig(t).API.MaxTimeout; readTimeout <= maxTimeout {
+		t.Errorf("%s: proxy_read_timeout %s is not above the gateway's default --max-timeout %s", nginxPrefixConf, readTimeout, maxTimeout)
+	}
+
+	a, gwBase, logs := nginxGateway(t, testConfig(t, "--trusted-proxies", "127.0.0.1", "--log-format", "json"))
+	brokerURL := "mqtt://" + a.broker.Addr()
+	gatewaytest.StartResponder(t, brokerURL, "svc/echo", 1, gatewaytest.Echo)
+	gatewaytest.StartResponder(t, brokerURL, "svc/slow", 1, func(req *paho.Publish) *paho.Publish {
+		time.Sleep(3 * time.Second)
+		return gatewaytest.Echo(req)
+	})
+	nginxAddr := nginxStart(t, bin, string(template), a.httpAddr, nil)
+	base := "http://" + nginxAddr + "/api"
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{}}
+	t.Cleanup(client.CloseIdleConnections)
+
+	t.Run("long wait not cut", func(t *testing.T) {
+		start := time.Now()
+		r := nginxSend(t, client, http.MethodPost, base+"/rpc/svc/slow?timeout=10s", "slow body")
+		if r.status != 200 || string(r.body) != "slow body" {
+			t.Fatalf("got %d %q (%s), want 200 with the echo", r.status, r.body, r.header.Get("Content-Type"))
+		}
+		if d := time.Since(start); d < 3*time.Second {
+			t.Fatalf("answered after %s, before the responder did", d)
+		}
+	})
+	t.Run("control: a short proxy_read_timeout does cut it", func(t *testing.T) {
+		// The same request through an nginx that waits only 1s gets
+		// nginx's own HTML 504: the failure the real config avoids.
+		short := "http://" + nginxStart(t, bin, string(template), a.httpAddr, map[string]string{"proxy_read_timeout": "1s"}) + "/api"
+		r := nginxSend(t, client, http.MethodPost, short+"/rpc/svc/slow?timeout=10s", "x")
+		if r.status != 504 || strings.Contains(r.header.Get("Content-Type"), "problem+json") {
+			t.Fatalf("got %d %s %q, want nginx's own 504", r.status, r.header.Get("Content-Type"), r.body)
+		}
+	})
+
+	// The path after /api reaches the gateway byte for byte: the gateway
+	// logs r.URL.EscapedPath(), which keeps the client's encoding.
+	t.Run("path byte for byte", func(t *testing.T) {
+		for _, tt := range []struct {
+			path, wantTopic string
+			status          int
+		}{
+			{"/rpc/svc%2Fecho", "svc/echo", 200},
+			{"/rpc/svc//echo", "svc//echo", 503}, // not merged into svc/echo
+			{"/rpc/a%2Bb", "", 400},              // not decoded to a+b on the way
+		} {
+			id := nginxRequestID()
+			r := nginxSend(t, client, http.MethodPost, base+tt.path, "x", "X-Request-Id", id, "Mqtt-User-Property", "k=v")
+			if r.status != tt.status {
+				t.Fatalf("%s: status %d, want %d (body %s)", tt.path, r.status, tt.status, r.body)
+			}
+			line := nginxLogLine(t, logs, id)
+			if line["path"] != tt.path {
+				t.Errorf("sent /api%s: the gateway got path %v, want %s", tt.path, line["path"], tt.path)
+			}
+			if tt.wantTopic != "" && line["topic"] != tt.wantTopic {
+				t.Errorf("%s: topic %v, want %s", tt.path, line["topic"], tt.wantTopic)
+			}
+			if tt.status == 200 && (string(r.body) != "x" || fmt.Sprint(r.header.Values("Mqtt-User-Property")) != "[k=v]") {
+				t.Errorf("%s: body %q, user properties %q", tt.path, r.body, r.header.Values("Mqtt-User-Property"))
+			}
+		}
+	})
+	t.Run("percent-encoded slash reaches its topic", func(t *testing.T) {
+		r := nginxSend(t, client, http.MethodPost, base+"/rpc/svc%2Fecho", "encoded")
+		if r.status != 200 || string(r.body) != "encoded" {
+			t.Fatalf("got %d %q", r.status, r.body)
+		}
+	})
+	t.Run("problems pass through unchanged", func(t *testing.T) {
+		via := nginxSend(t, client, http.MethodPost, base+"/rpc/nobody", "x")
+		wantProblem(t, via, 503, "no-responders", "subscribed")
+		direct := nginxSend(t, client, http.MethodPost, gwBase+"/rpc/nobody", "x")
+		if string(via.body) != string(direct.body) || via.header.Get("Content-Type") != direct.header.Get("Content-Type") {
+			t.Errorf("through nginx %s %q, direct %s %q", via.header.Get("Content-Type"), via.body,
+				direct.header.Get("Content-Type"), direct.body)
+		}
+		wantProblem(t, nginxSend(t, client, http.MethodPost, base+"/rpc/a%2Bb", "x"), 400, "invalid-topic", "wildcard")
+		// The query string comes along too.
+		wantProblem(t, nginxSend(t, client, http.MethodPost, base+"/rpc/svc/echo?timeout=0", "x"), 400, "invalid-parameter", "positive")
+	})
+	t.Run("under /api/ only after normalization", func(t *testing.T) {
+		// nginx matches location /api/ on the normalized path, but
+		// /x/../api/… is not under /api/ as sent: nginx refuses it.
+		id := nginxRequestID()
+		r := nginxSend(t, client, http.MethodPost, "http://"+nginxAddr+"/x/../api/rpc/svc/echo", "x", "X-Request-Id", id)
+		if r.status != 400 {
+			t.Fatalf("status %d, want 400 (body %s)", r.status, r.body)
+		}
+		if strings.Contains(logs.String(), id) {
+			t.Error("the request reached the gateway")
+		}
+	})
+
+	t.Run("client IP", func(t *testing.T) {
+		// The gateway believes X-Forwarded-For from its trusted proxy
+		// (nginx, 127.0.0.1), which sends "203.0.113.7, 127.0.0.1"
+		// ($proxy_add_x_forwarded_for: the client's header plus the
+		// address nginx sees). The client itself is on 127.0.0.1 here,
+		// a trusted address too, so its own header is believed as well.
+		id := nginxRequestID()
+		nginxSend(t, client, http.MethodPost, base+"/rpc/svc/echo", "ip", "X-Request-Id", id, "X-Forwarded-For", "203.0.113.7")
+		if ip := nginxLogLine(t, logs, id)["client_ip"]; ip != "203.0.113.7" {
+			t.Errorf("through nginx: client_ip %v, want 203.0.113.7", ip)
+		}
+
+		// For the same reason anything on a trusted address can name any
+		// client: walking from the right, the trusted 127.0.0.1 is
+		// skipped and 198.51.100.1 is taken as the client. This is why
+		// only the proxies themselves go in --trusted-proxies, never an
+		// address or network where clients live.
+		id = nginxRequestID()
+		nginxSend(t, client, http.MethodPost, gwBase+"/rpc/svc/echo", "ip", "X-Request-Id", id, "X-Forwarded-For", "198.51.100.1, 127.0.0.1")
+		if ip := nginxLogLine(t, logs, id)["client_ip"]; ip != "198.51.100.1" {
+			t.Errorf("direct from a trusted address: client_ip %v, want 198.51.100.1", ip)
+		}
+
+		// Without --trusted-proxies the header is ignored.
+		_, plainBase, plainLogs := nginxGateway(t, testConfig(t, "--log-format", "json"))
+		id = nginxRequestID()
+		nginxSend(t, client, http.MethodGet, plainBase+"/healthz", "", "X-Request-Id", id, "X-Forwarded-For", "203.0.113.7")
+		if ip := nginxLogLine(t, plainLogs, id)["client_ip"]; ip != "127.0.0.1" {
+			t.Errorf("forged header without --trusted-proxies: client_ip %v, want 127.0.0.1", ip)
+		}
+	})
+	t.Run("client IP of an untrusted client", func(t *testing.T) {
+		// A client on 127.0.0.2, which is no trusted proxy: the gateway
+		// logs the address nginx saw, not nginx's, and not what the
+		// client claims.
+		d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+		c, err := d.Dial("tcp", nginxAddr)
+		if err != nil {
+			t.Skipf("can't connect from 127.0.0.2 (not a loopback address here?): %v", err)
+		}
+		c.Close()
+		tr := &http.Transport{DialContext: d.DialContext}
+		other := &http.Client{Timeout: 30 * time.Second, Transport: tr}
+		t.Cleanup(tr.CloseIdleConnections)
+		for _, forged := range []string{"", "203.0.113.7"} {
+			id := nginxRequestID()
+			header := []string{"X-Request-Id", id}
+			if forged != "" {
+				header = append(header, "X-Forwarded-For", forged)
+			}
+			nginxSend(t, other, http.MethodPost, base+"/rpc/svc/echo", "ip", header...)
+			if ip := nginxLogLine(t, logs, id)["client_ip"]; ip != "127.0.0.2" {
+				t.Errorf("X-Forwarded-For %q from 127.0.0.2 through nginx: client_ip %v, want 127.0.0.2", forged, ip)
+			}
+		}
+	})
+}
+
+// nginxGateway starts the gateway as mustStart does, with its log captured
+// as JSON lines.
+func nginxGateway(t *testing.T, cfg config) (*app, string, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := start(ctx, cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: cfg.LogLevel})))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.wait(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("wait: %v", err)
+		}
+	})
+	base := "http://" + a.httpAddr
+	waitReady(t, base)
+	return a, base, logs
+}
+
+// nginxStart runs nginx with the template, changed to listen on a free
+// loopback port, proxy to upstream, and keep its pid, logs and temp files
+// in a directory of its own; set replaces further directives. It returns
+// nginx's address.
+func nginxStart(t *testing.T, bin, template, upstream string, set map[string]string) string {
+	t.Helper()
+	dir := publicTempDir(t) // nginx's workers run as another user
+	addr := freePort(t)
+	conf := template
+	for name, value := range map[string]string{
+		"listen":           addr,
+		"server":           upstream, // the upstream's only server
+		"worker_processes": "1",
+		"pid":              filepath.Join(dir, "nginx.pid"),
+		"error_log":        filepath.Join(dir, "error.log") + " info",
+		"access_log":       filepath.Join(dir, "access.log"),
+	} {
+		conf = nginxDirective(t, conf, name, value)
+	}
+	for name, value := range set {
+		conf = nginxDirective(t, conf, name, value)
+	}
+	var temp strings.Builder
+	for _, kind := range []string{"client_body", "proxy", "fastcgi", "uwsgi", "scgi"} {
+		fmt.Fprintf(&temp, "    %s_temp_path %s;\n", kind, filepath.Join(dir, kind))
+	}
+	if n := strings.Count(conf, "\nhttp {\n"); n != 1 {
+		t.Fatalf("%s: %d http blocks, want 1", nginxPrefixConf, n)
+	}
+	conf = strings.Replace(conf, "\nhttp {\n", "\nhttp {\n"+temp.String(), 1)
+	conf = "daemon off;\nmaster_process on;\n" + conf
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // after startProcess's cleanup has stopped nginx
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+			t.Logf("nginx config:\n%s\nnginx error.log:\n%s", conf, b)
+		}
+	})
+	cmd := exec.Command(bin, "-p", dir+"/", "-c", path, "-e", "stderr")
+	// The workers inherit nginx's output pipes: killing only the master
+	// (startProcess's cleanup) would leave them running, and the wait for
+	// the pipes would never end. Kill master and workers as one group
+	// first (cleanups run last-registered first).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	startProcess(t, cmd)
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	waitListening(t, addr)
+	return addr
+}
+
+// nginxDirective sets the value of the one directive name in conf.
+func nginxDirective(t *testing.T, conf, name, value string) string {
+	t.Helper()
+	// A simple directive, not a block: "server 1.2.3.4:80;", not "server {".
+	re := regexp.MustCompile(`(?m)^([ \t]*)` + regexp.QuoteMeta(name) + `[ \t][^;{#\n]*;`)
+	if n := len(re.FindAllStringIndex(conf, -1)); n != 1 {
+		t.Fatalf("%s: %d %q directives, want 1", nginxPrefixConf, n, name)
+	}
+	return re.ReplaceAllStringFunc(conf, func(d string) string {
+		return d[:len(d)-len(strings.TrimLeft(d, " \t"))] + name + " " + value + ";"
+	})
+}
+
+// nginxTime parses an nginx time: "75s", "75" (seconds), "1m30s", "500ms".
+func nginxTime(s string) (time.Duration, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		return time.Duration(n) * time.Second, nil
+	}
+	return time.ParseDuration(s)
+}
+
+var nginxRequests atomic.Int64
+
+// nginxRequestID is an X-Request-Id no other request of the run uses.
+func nginxRequestID() string {
+	return fmt.Sprintf("nginx-test-%d-%d", os.Getpid(), nginxRequests.Add(1))
+}
+
+// nginxSend sends a request with c and reads the whole response.
+func nginxSend(t *testing.T, c *http.Client, method, url, body string, header ...string) response {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Add(header[i], header[i+1])
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{resp.StatusCode, resp.Header, b}
+}
+
+// nginxLogLine waits for the gateway's request log line with request_id id
+// (the line is written as the handler returns, so it may trail the
+// response a little).
+func nginxLogLine(t *testing.T, logs *syncBuffer, id string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		sc := bufio.NewScanner(strings.NewReader(logs.String()))
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			var line map[string]any
+			if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+				t.Fatalf("log line %q: %v", sc.Text(), err)
+			}
+			if line["msg"] == "request" && line["request_id"] == id {
+				return line
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no request log line with request_id %s within 5s; log:\n%s", id, logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

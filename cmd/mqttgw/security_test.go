@@ -1,0 +1,78 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mqttgw/mqttgw/api"
+	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
+)
+
+func writeKeys(t *testing.T, path string, keys map[string]string) {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("keys:\n")
+	for name, key := range keys {
+		b.WriteString("  - name: " + name + "\n    sha256: " + api.HashKey(key) + "\n    topics: [\"svc/+\"]\n")
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAuthFile: API keys guard /rpc, topics are authorized per key, and
+// SIGHUP reloads the file (a broken file keeps the old keys).
+func TestAuthFile(t *testing.T) {
+	keys := filepath.Join(t.TempDir(), "keys.yaml")
+	writeKeys(t, keys, map[string]string{"first": "first-key-0123456789abcdef"})
+	a, base := mustStart(t, testConfig(t, "--auth-file", keys))
+	gatewaytest.StartResponder(t, "mqtt://"+a.broker.Addr(), "svc/echo", 1, gatewaytest.Echo)
+
+	r := post(t, base+"/rpc/svc/echo", strings.NewReader("x"))
+	wantProblem(t, r, 401, "unauthorized", "")
+	if r.header.Get("WWW-Authenticate") != `Bearer realm="mqttgw"` {
+		t.Errorf("WWW-Authenticate %q", r.header.Get("WWW-Authenticate"))
+	}
+	if r := post(t, base+"/rpc/svc/echo", strings.NewReader("x"), "Authorization", "Bearer first-key-0123456789abcdef"); r.status != 200 || string(r.body) != "x" {
+		t.Fatalf("with the key: %d %q", r.status, r.body)
+	}
+	wantProblem(t, post(t, base+"/rpc/other/topic", nil, "X-API-Key", "first-key-0123456789abcdef"), 403, "forbidden", "other/topic")
+	// Health and readiness stay open for probes.
+	req, _ := http.NewRequest(http.MethodGet, base+"/readyz", nil)
+	if r := do(t, req); r.status != 200 {
+		t.Fatalf("/readyz with auth on: %d", r.status)
+	}
+
+	// Rotate: a real SIGHUP reaches the running gateway.
+	writeKeys(t, keys, map[string]string{"second": "second-key-0123456789abcdef"})
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, func() bool {
+		return post(t, base+"/rpc/svc/echo", nil, "X-API-Key", "second-key-0123456789abcdef").status == 200
+	})
+	wantProblem(t, post(t, base+"/rpc/svc/echo", nil, "X-API-Key", "first-key-0123456789abcdef"), 401, "unauthorized", "")
+
+	// A broken file is refused; the keys in force stay.
+	if err := os.WriteFile(keys, []byte("keys: [{name: x, sha256: nothex, topics: [a]}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.reload()
+	if r := post(t, base+"/rpc/svc/echo", nil, "X-API-Key", "second-key-0123456789abcdef"); r.status != 200 {
+		t.Fatalf("after a broken reload: %d", r.status)
+	}
+}
+
+func TestAuthFileMissingFailsStart(t *testing.T) {
+	cfg := testConfig(t, "--auth-file", filepath.Join(t.TempDir(), "nope.yaml"))
+	if err := run(t.Context(), []string{"--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--auth-file", cfg.AuthFile},
+		func(string) string { return "" }, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "nope.yaml") {
+		t.Fatalf("run with a missing auth file: %v", err)
+	}
+}
