@@ -102,6 +102,8 @@ func classify(err error) (problemKind, string) {
 			kind = probInvalidParameter
 		}
 		return kind, invalid.Field + ": " + invalid.Reason
+	case errors.Is(err, gateway.ErrTooLarge):
+		return probBodyTooLarge, err.Error()
 	case errors.Is(err, gateway.ErrNoResponders):
 		return probNoResponders, "no MQTT client is subscribed to the topic"
 	case errors.Is(err, gateway.ErrNotConnected):

@@ -20,6 +20,9 @@ var (
 	ErrTimeout = errors.New("gateway: timeout")
 	// ErrClosed: the gateway is shutting down.
 	ErrClosed = errors.New("gateway: closed")
+	// ErrTooLarge: the request would make a packet larger than the broker
+	// accepts (its CONNACK Maximum Packet Size). Nothing was sent.
+	ErrTooLarge = errors.New("gateway: request too large for the broker")
 )
 
 // PublishError reports that the broker refused a publish with an MQTT v5

@@ -88,6 +88,9 @@ type pahoTransport struct {
 	epoch  uint64
 	closed bool // Lock should be held.
 	cancel context.CancelFunc
+	// maxPacket is the broker's Maximum Packet Size from its CONNACK, 0
+	// for none. Lock should be held.
+	maxPacket uint32
 }
 
 func (t *pahoTransport) Connect(_ context.Context, responseTopic string, h Handler) error {
@@ -105,10 +108,14 @@ func (t *pahoTransport) Connect(_ context.Context, responseTopic string, h Handl
 		// The gateway keeps no session: requests in flight are failed
 		// when the connection drops, and the subscription is re-made.
 		SessionExpiryInterval: 0,
-		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
+		OnConnectionUp: func(cm *autopaho.ConnectionManager, ack *paho.Connack) {
 			t.mu.Lock()
 			t.epoch++
 			epoch := t.epoch
+			t.maxPacket = 0
+			if ack != nil && ack.Properties != nil && ack.Properties.MaximumPacketSize != nil {
+				t.maxPacket = *ack.Properties.MaximumPacketSize
+			}
 			t.mu.Unlock()
 			// OnConnectionUp must not block: subscribe in the background.
 			go t.subscribe(ctx, cm, epoch, responseTopic, h)
@@ -186,10 +193,16 @@ func (t *pahoTransport) subscribe(ctx context.Context, cm *autopaho.ConnectionMa
 
 func (t *pahoTransport) Publish(ctx context.Context, m *Message) error {
 	t.mu.Lock()
-	cm := t.cm
+	cm, maxPacket := t.cm, t.maxPacket
 	t.mu.Unlock()
 	if cm == nil {
 		return ErrNotConnected
+	}
+	// paho does not enforce the broker's limit, and a broker that gets a
+	// larger packet drops the connection [MQTT-3.1.2-24]: every request
+	// in flight would fail with this one.
+	if size := packetSize(m); maxPacket > 0 && size > int(maxPacket) {
+		return fmt.Errorf("%w: the PUBLISH would be about %d bytes; the broker accepts at most %d", ErrTooLarge, size, maxPacket)
 	}
 	props := &paho.PublishProperties{
 		ContentType:     m.ContentType,
@@ -233,6 +246,17 @@ func (t *pahoTransport) Close(ctx context.Context) error {
 	}
 	defer cancel()
 	return cm.Disconnect(ctx)
+}
+
+// packetSize is an upper bound of m's PUBLISH packet size: fixed header,
+// topic, packet id, properties with their ids and length prefixes.
+func packetSize(m *Message) int {
+	n := 5 + 2 + len(m.Topic) + 2 + 4 + len(m.Payload) +
+		3 + len(m.ContentType) + 3 + len(m.ResponseTopic) + 3 + len(m.CorrelationData) + 5
+	for _, p := range m.UserProperties {
+		n += 5 + len(p.Key) + len(p.Value)
+	}
+	return n
 }
 
 func toPaho(props []UserProperty) paho.UserProperties {

@@ -115,6 +115,19 @@ func TestMosquittoTLSAndPassword(t *testing.T) {
 	wantProblem(t, do(t, req), 503, "broker-unavailable", "")
 }
 
+// TestMosquittoMaxPacketSize: a body the broker would refuse (its CONNACK
+// says how large a packet may be) is a 413, and the connection that other
+// requests share is not dropped for it.
+func TestMosquittoMaxPacketSize(t *testing.T) {
+	m := startMosquitto(t, "max_packet_size 2000")
+	_, base := mustStart(t, testConfig(t, "--broker", m.URL()))
+	gatewaytest.StartResponder(t, m.URL(), "svc/echo", 1, gatewaytest.Echo)
+	wantProblem(t, post(t, base+"/rpc/svc/echo", strings.NewReader(strings.Repeat("x", 3000))), 413, "body-too-large", "at most 2000")
+	if r := post(t, base+"/rpc/svc/echo", strings.NewReader("small")); r.status != 200 || string(r.body) != "small" {
+		t.Fatalf("after the refused body: %d %q", r.status, r.body)
+	}
+}
+
 // TestMosquittoKilledAndRestarted kills the broker under load: requests in
 // flight fail at once with 503 instead of running into their timeout, new
 // ones get 503 with Retry-After, and once the broker is back the same
