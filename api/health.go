@@ -2,6 +2,8 @@ package api
 
 import (
 	"net/http"
+
+	"github.com/mqttgw/mqttgw/gateway"
 )
 
 // healthz says the process is alive; it never looks at the broker, so
@@ -14,7 +16,11 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 // readyz is 200 only while the broker connection is up and the response
 // subscription is acknowledged.
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
-	if err := s.gw.Ready(); err != nil {
+	err := s.gw.Ready()
+	if err == nil && s.draining.Load() {
+		err = gateway.ErrClosed
+	}
+	if err != nil {
 		kind, detail := classify(err)
 		s.writeProblem(w, kind, detail)
 		return

@@ -102,6 +102,8 @@ type Server struct {
 	metrics *metrics
 	gather  prometheus.Gatherer
 
+	// draining turns /readyz to 503 while requests are still served.
+	draining atomic.Bool
 	// inflight counts RPC requests being served, against MaxInflight.
 	inflight atomic.Int64
 	// droppedProperties counts reply user properties that could not be
@@ -131,6 +133,10 @@ func NewServer(logger *slog.Logger, gw Gateway, cfg Config) *Server {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.handler.ServeHTTP(w, r)
 }
+
+// Drain makes /readyz answer 503 from now on, while requests are still
+// served, so that load balancers stop sending traffic before shutdown.
+func (s *Server) Drain() { s.draining.Store(true) }
 
 // DroppedProperties is how many reply user properties could not be sent
 // as Mqtt-User-Property headers.

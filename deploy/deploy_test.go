@@ -923,12 +923,17 @@ func TestKubernetes(t *testing.T) {
 				t.Error(err)
 				continue
 			}
+			delay, err := ps.duration(t, c, "shutdown-delay")
+			if err != nil {
+				t.Error(err)
+				continue
+			}
 			term := 30 * time.Second // Kubernetes' default
 			if v, ok := p.spec["terminationGracePeriodSeconds"].(int); ok {
 				term = time.Duration(v) * time.Second
 			}
-			if term <= grace {
-				t.Errorf("%s: terminationGracePeriodSeconds %v is not above --shutdown-grace %v", c.where, term, grace)
+			if term <= delay+grace {
+				t.Errorf("%s: terminationGracePeriodSeconds %v is not above --shutdown-delay %v + --shutdown-grace %v", c.where, term, delay, grace)
 			}
 		}
 	}

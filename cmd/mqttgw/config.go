@@ -36,6 +36,7 @@ type config struct {
 	ResponsePrefix string
 	API            api.Config
 	ShutdownGrace  time.Duration
+	ShutdownDelay  time.Duration
 	LogLevel       slog.Level
 	LogFormat      string
 	MaxHeaderBytes int
@@ -88,6 +89,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&cfg.InstanceID, "instance-id", "", "this replica's id; scopes its response topic (default random)")
 	fs.StringVar(&cfg.ResponsePrefix, "response-prefix", gateway.DefaultResponsePrefix, "topic prefix under which all replicas receive replies; requests may not publish under it")
+	fs.DurationVar(&cfg.ShutdownDelay, "shutdown-delay", 0, "on SIGINT/SIGTERM, keep serving this long with /readyz at 503 first, so load balancers stop sending traffic")
 	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 15*time.Second, "on SIGINT/SIGTERM, how long in-flight requests may still finish before they get 503")
 	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
@@ -151,8 +153,8 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	if cfg.InstanceID == "" {
 		cfg.InstanceID = gateway.NewInstanceID()
 	}
-	if cfg.ShutdownGrace < 0 {
-		return cfg, fmt.Errorf("--shutdown-grace must not be negative")
+	if cfg.ShutdownGrace < 0 || cfg.ShutdownDelay < 0 {
+		return cfg, fmt.Errorf("--shutdown-grace and --shutdown-delay must not be negative")
 	}
 	return cfg, nil
 }

@@ -69,6 +69,7 @@ type app struct {
 	http     *http.Server
 	httpAddr string
 	served   chan error // Serve's result
+	api      *api.Server
 	auth     *api.Authenticator
 	hup      chan os.Signal
 }
@@ -128,8 +129,9 @@ func start(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error
 	} else if ip := net.ParseIP(hostOf(a.httpAddr)); ip == nil || !ip.IsLoopback() {
 		log.Warn("the HTTP API is open: anyone who can reach " + a.httpAddr + " may publish on any topic; set --auth-file, or listen on 127.0.0.1")
 	}
+	a.api = api.NewServer(log.With("component", "api"), a.gw, apiCfg)
 	a.http = &http.Server{
-		Handler: api.NewServer(log.With("component", "api"), a.gw, apiCfg),
+		Handler: a.api,
 		// Slow clients can't hold a connection by trickling headers, nor
 		// by reading a response slowly; a reply itself may take up to
 		// --max-timeout. Bodies have their own deadline in the handler.
@@ -233,6 +235,11 @@ wait:
 		case <-a.hup:
 			a.reload()
 		}
+	}
+	if d := a.cfg.ShutdownDelay; d > 0 && serveErr == nil {
+		a.log.Info("draining: /readyz is 503 while requests are still served", "delay", d)
+		a.api.Drain()
+		time.Sleep(d)
 	}
 	a.log.Info("shutting down", "grace", a.cfg.ShutdownGrace)
 

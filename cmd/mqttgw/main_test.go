@@ -472,7 +472,9 @@ func TestHelpListsEveryFlag(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"http-addr", "broker", "mqtt-addr", "ws-addr", "timeout", "max-timeout", "qos", "max-body",
-		"instance-id", "response-prefix", "shutdown-grace", "log-level", "log-format"} {
+		"instance-id", "response-prefix", "shutdown-grace", "shutdown-delay", "log-level", "log-format",
+		"broker-username", "broker-password", "broker-ca", "broker-cert", "broker-key", "max-header-bytes",
+		"max-inflight", "trusted-proxies", "auth-file", "mqtt-users-file", "mqtt-tls-addr", "tls-cert", "tls-key"} {
 		if !strings.Contains(out.String(), "--"+f+" ") || !strings.Contains(out.String(), envName(f)) {
 			t.Errorf("--help lacks --%s or %s:\n%s", f, envName(f), out.String())
 		}
@@ -502,5 +504,38 @@ func TestHealthcheck(t *testing.T) {
 	ln.Close() // nobody listens there now
 	if err := run(context.Background(), []string{"healthcheck", "--http-addr", ln.Addr().String()}, env, io.Discard, io.Discard); err == nil {
 		t.Fatal("healthcheck succeeded with no gateway")
+	}
+}
+
+// TestShutdownDelay: after the signal, /readyz turns 503 while requests are
+// still served, for --shutdown-delay; then the gateway stops.
+func TestShutdownDelay(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a, err := start(ctx, testConfig(t, "--shutdown-delay", "2s"), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.wait(ctx) }()
+	base := "http://" + a.httpAddr
+	waitReady(t, base)
+	gatewaytest.StartResponder(t, "mqtt://"+a.broker.Addr(), "svc/echo", 1, gatewaytest.Echo)
+
+	cancel()
+	waitUntil(t, 5*time.Second, func() bool {
+		req, _ := http.NewRequest(http.MethodGet, base+"/readyz", nil)
+		return do(t, req).status == 503
+	})
+	if r := post(t, base+"/rpc/svc/echo", strings.NewReader("still")); r.status != 200 || string(r.body) != "still" {
+		t.Fatalf("during the delay: %d %q", r.status, r.body)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no shutdown after the delay")
 	}
 }
