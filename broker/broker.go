@@ -210,7 +210,8 @@ func (b *Broker) HasSubscribers(topic string) bool {
 	return len(s.Subscriptions)+len(s.Shared)+len(s.InlineSubscriptions) > 0
 }
 
-// Close disconnects every client and stops the listeners.
+// Close disconnects every client and stops the listeners. New connections
+// are turned away first, so that none outlives Close (see guard.go).
 func (b *Broker) Close() error {
 	b.gate.close()
 	return b.srv.Close()

@@ -160,6 +160,13 @@ func TestDuplicateReplies(t *testing.T) {
 			Topic: req.Properties.ResponseTopic, QoS: 1, Payload: []byte("first"),
 			Properties: &paho.PublishProperties{CorrelationData: req.Properties.CorrelationData},
 		})
+		// mochi sends the PUBACK before it delivers the publish: wait
+		// until the gateway has the first reply, or the second, from
+		// another connection, could overtake it. (No t.Fatal off the
+		// test goroutine: a timeout fails the assertion below.)
+		for deadline := time.Now().Add(5 * time.Second); g.Stats().Pending != 0 && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
 		return &paho.Publish{QoS: 1, Payload: []byte("second")}
 	})
 	reply, err := g.Request(context.Background(), gateway.Request{Topic: "svc/twice", QoS: 1})
