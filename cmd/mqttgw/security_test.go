@@ -1,14 +1,20 @@
 package main
 
 import (
+	"context"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mqttgw/mqttgw/api"
 	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
@@ -75,4 +81,49 @@ func TestAuthFileMissingFailsStart(t *testing.T) {
 		func(string) string { return "" }, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "nope.yaml") {
 		t.Fatalf("run with a missing auth file: %v", err)
 	}
+}
+
+// TestMQTTUsersFile: with --mqtt-users-file the embedded broker turns
+// anonymous clients away and lets the listed responder answer; SIGHUP
+// reloads the file.
+func TestMQTTUsersFile(t *testing.T) {
+	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := filepath.Join(t.TempDir(), "users.yaml")
+	write := func(subscribe string) {
+		t.Helper()
+		content := "users:\n  - username: responder\n    password_bcrypt: \"" + string(hash) + "\"\n" +
+			"    publish: [\"mqttgw/reply/#\"]\n    subscribe: [\"" + subscribe + "\"]\n"
+		if err := os.WriteFile(users, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("svc/a")
+	a, base := mustStart(t, testConfig(t, "--mqtt-users-file", users))
+	addr := a.broker.Addr()
+
+	u, _ := url.Parse("mqtt://" + addr)
+	anon, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	anonClient := paho.NewClient(paho.ClientConfig{Conn: anon})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if ack, err := anonClient.Connect(ctx, &paho.Connect{ClientID: "anon", KeepAlive: 30, CleanStart: true}); err == nil && ack.ReasonCode < 0x80 {
+		t.Fatal("an anonymous client connected despite --mqtt-users-file")
+	}
+	anon.Close()
+
+	gatewaytest.StartResponder(t, "mqtt://responder:pw@"+addr, "svc/a", 1, gatewaytest.Echo)
+	if r := post(t, base+"/rpc/svc/a", strings.NewReader("hi")); r.status != 200 || string(r.body) != "hi" {
+		t.Fatalf("authenticated responder: %d %q", r.status, r.body)
+	}
+
+	// Narrow the user's grants and reload: deliveries on svc/a stop.
+	write("svc/b")
+	a.reload()
+	wantProblem(t, post(t, base+"/rpc/svc/a?timeout=300ms", nil), 504, "timeout", "")
 }

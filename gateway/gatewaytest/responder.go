@@ -49,7 +49,7 @@ type Responder struct {
 func (r *Responder) Handled() int64 { return r.handled.Load() }
 
 // StartResponder connects to the MQTT broker at serverURL (mqtt://host:port
-// or ws://host:port/), subscribes to filter and answers each request with h. It returns once the
+// or ws://host:port/, with user:password@ to log in), subscribes to filter and answers each request with h. It returns once the
 // subscription is acknowledged; the test's cleanup disconnects it.
 func StartResponder(tb testing.TB, serverURL, filter string, qos byte, h Handler) *Responder {
 	tb.Helper()
@@ -60,7 +60,7 @@ func StartResponder(tb testing.TB, serverURL, filter string, qos byte, h Handler
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Responder{ctx: ctx}
 	subscribed := make(chan error, 1)
-	cm, err := autopaho.NewConnection(ctx, autopaho.ClientConfig{
+	cc := autopaho.ClientConfig{
 		ServerUrls:                    []*url.URL{u},
 		KeepAlive:                     30,
 		CleanStartOnInitialConnection: true,
@@ -96,7 +96,12 @@ func StartResponder(tb testing.TB, serverURL, filter string, qos byte, h Handler
 				},
 			},
 		},
-	})
+	}
+	if u.User != nil { // mqtt://user:password@host:port
+		pw, _ := u.User.Password()
+		cc.ConnectUsername, cc.ConnectPassword = u.User.Username(), []byte(pw)
+	}
+	cm, err := autopaho.NewConnection(ctx, cc)
 	if err != nil {
 		cancel()
 		tb.Fatal(err)
