@@ -35,22 +35,7 @@ func mustStart(tb testing.TB, ws bool) (*broker.Broker, *gateway.Gateway) {
 	if ws {
 		cfg.WSAddr = "127.0.0.1:0"
 	}
-	b, err := broker.New(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { b.Close() })
-	g, err := gateway.New(gateway.Config{}, b.Transport())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := g.Start(context.Background()); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { g.Close(context.Background()) })
+	b, g := startBroker(tb, cfg)
 	if err := g.Ready(); err != nil {
 		tb.Fatalf("gateway not ready after Start: %v", err)
 	}

@@ -72,7 +72,7 @@ func writeFile(t *testing.T, path, content string) {
 
 // startBroker starts an embedded broker with cfg (listeners on loopback)
 // and a gateway on its in-process transport.
-func startBroker(t *testing.T, cfg broker.Config) (*broker.Broker, *gateway.Gateway) {
+func startBroker(t testing.TB, cfg broker.Config) (*broker.Broker, *gateway.Gateway) {
 	t.Helper()
 	b, err := broker.New(cfg)
 	if err != nil {

@@ -100,16 +100,7 @@ func TestMosquittoTLSAndPassword(t *testing.T) {
 	}
 
 	// A wrong password never gets ready, and says why with 503s.
-	bad := testConfig(t, append(tlsArgs, "--broker-password", "wrong")...)
-	ctx, cancel := context.WithCancel(context.Background())
-	a, err := start(ctx, bad, slog.New(slog.DiscardHandler))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.wait(ctx) }()
-	defer func() { cancel(); <-done }()
+	a, _ := launch(t, testConfig(t, append(tlsArgs, "--broker-password", "wrong")...), slog.New(slog.DiscardHandler))
 	time.Sleep(500 * time.Millisecond) // several connection attempts, none may succeed
 	req, _ := http.NewRequest(http.MethodGet, "http://"+a.httpAddr+"/readyz", nil)
 	wantProblem(t, do(t, req), 503, "broker-unavailable", "")

@@ -48,24 +48,35 @@ func testConfig(t testing.TB, args ...string) config {
 	return cfg
 }
 
-// mustStart starts the whole gateway as main does and stops it at cleanup.
-// It returns the app and its base URL.
-func mustStart(t testing.TB, cfg config) (*app, string) {
+// launch starts the whole gateway as main does. stop ends it as a signal
+// would and returns wait's error; it runs at cleanup too, and only once.
+func launch(t testing.TB, cfg config, log *slog.Logger) (a *app, stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	a, err := start(ctx, cfg, slog.New(slog.DiscardHandler))
+	a, err := start(ctx, cfg, log)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- a.wait(ctx) }()
-	t.Cleanup(func() {
+	stop = sync.OnceValue(func() error {
 		cancel()
-		if err := <-done; err != nil {
+		return <-done
+	})
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
 			t.Errorf("wait: %v", err)
 		}
 	})
+	return a, stop
+}
+
+// mustStart starts the gateway, waits until it is ready, and returns it
+// with its base URL.
+func mustStart(t testing.TB, cfg config) (*app, string) {
+	t.Helper()
+	a, _ := launch(t, cfg, slog.New(slog.DiscardHandler))
 	base := "http://" + a.httpAddr
 	waitReady(t, base)
 	return a, base
@@ -288,15 +299,7 @@ func TestEndToEnd(t *testing.T) {
 // TestGracefulShutdown: a request that finishes within the grace period is
 // answered; one that can't gets 503 when the grace period ends.
 func TestGracefulShutdown(t *testing.T) {
-	cfg := testConfig(t, "--shutdown-grace", "500ms")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	a, err := start(ctx, cfg, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.wait(ctx) }()
+	a, stop := launch(t, testConfig(t, "--shutdown-grace", "500ms"), slog.New(slog.DiscardHandler))
 	base := "http://" + a.httpAddr
 	waitReady(t, base)
 
@@ -319,9 +322,10 @@ func TestGracefulShutdown(t *testing.T) {
 	<-received
 	<-received
 	start := time.Now()
-	cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
 	wg.Wait()
-	if err := <-done; err != nil {
+	if err := <-stopped; err != nil {
 		t.Fatal(err)
 	}
 	if quick.status != 200 || string(quick.body) != "q" {
@@ -510,19 +514,13 @@ func TestHealthcheck(t *testing.T) {
 // TestShutdownDelay: after the signal, /readyz turns 503 while requests are
 // still served, for --shutdown-delay; then the gateway stops.
 func TestShutdownDelay(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	a, err := start(ctx, testConfig(t, "--shutdown-delay", "2s"), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.wait(ctx) }()
+	a, stop := launch(t, testConfig(t, "--shutdown-delay", "2s"), slog.New(slog.DiscardHandler))
 	base := "http://" + a.httpAddr
 	waitReady(t, base)
 	gatewaytest.StartResponder(t, "mqtt://"+a.broker.Addr(), "svc/echo", 1, gatewaytest.Echo)
 
-	cancel()
+	done := make(chan error, 1)
+	go func() { done <- stop() }()
 	waitUntil(t, 5*time.Second, func() bool {
 		req, _ := http.NewRequest(http.MethodGet, base+"/readyz", nil)
 		return do(t, req).status == 503

@@ -8,11 +8,9 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -56,7 +54,7 @@ func TestBehindNginx(t *testing.T) {
 		t.Errorf("%s: proxy_read_timeout %s is not above the gateway's default --max-timeout %s", nginxPrefixConf, readTimeout, maxTimeout)
 	}
 
-	a, gwBase, logs := nginxGateway(t, testConfig(t, "--trusted-proxies", "127.0.0.1", "--log-format", "json"))
+	a, gwBase, logs := startLogged(t, testConfig(t, "--trusted-proxies", "127.0.0.1", "--log-format", "json"))
 	brokerURL := "mqtt://" + a.broker.Addr()
 	gatewaytest.StartResponder(t, brokerURL, "svc/echo", 1, gatewaytest.Echo)
 	gatewaytest.StartResponder(t, brokerURL, "svc/slow", 1, func(req *paho.Publish) *paho.Publish {
@@ -171,7 +169,7 @@ func TestBehindNginx(t *testing.T) {
 		}
 
 		// Without --trusted-proxies the header is ignored.
-		_, plainBase, plainLogs := nginxGateway(t, testConfig(t, "--log-format", "json"))
+		_, plainBase, plainLogs := startLogged(t, testConfig(t, "--log-format", "json"))
 		id = nginxRequestID()
 		nginxSend(t, client, http.MethodGet, plainBase+"/healthz", "", "X-Request-Id", id, "X-Forwarded-For", "203.0.113.7")
 		if ip := nginxLogLine(t, plainLogs, id)["client_ip"]; ip != "127.0.0.1" {
@@ -203,30 +201,6 @@ func TestBehindNginx(t *testing.T) {
 			}
 		}
 	})
-}
-
-// nginxGateway starts the gateway as mustStart does, with its log captured
-// as JSON lines.
-func nginxGateway(t *testing.T, cfg config) (*app, string, *syncBuffer) {
-	t.Helper()
-	logs := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	a, err := start(ctx, cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: cfg.LogLevel})))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.wait(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("wait: %v", err)
-		}
-	})
-	base := "http://" + a.httpAddr
-	waitReady(t, base)
-	return a, base, logs
 }
 
 // nginxStart runs nginx with the template, changed to listen on a free

@@ -36,20 +36,7 @@ import (
 func startLogged(t *testing.T, cfg config) (*app, string, *syncBuffer) {
 	t.Helper()
 	logs := &syncBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	a, err := start(ctx, cfg, slog.New(slog.NewJSONHandler(logs, nil)))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- a.wait(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("wait: %v", err)
-		}
-	})
+	a, _ := launch(t, cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: cfg.LogLevel})))
 	base := "http://" + a.httpAddr
 	if cfg.TLS == nil {
 		waitReady(t, base)
