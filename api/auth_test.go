@@ -125,7 +125,7 @@ func TestParseKeysRejects(t *testing.T) {
 		{"no topics", "keys:\n  - name: k\n    sha256: " + h1 + "\n", []string{`key 1 ("k")`, "topics is empty"}},
 		{"empty topics", "keys:\n" + entry("k", h1, `[]`), []string{`key 1 ("k")`, "topics is empty"}},
 		{"empty filter", "keys:\n" + entry("k", h1, `[""]`), []string{`key 1 ("k")`, `topic filter ""`}},
-		{"# not last", "keys:\n" + entry("k", h1, `["a/#/b"]`), []string{`key 1 ("k")`, `"a/#/b"`, "not a valid MQTT topic filter"}},
+		{"# not last", "keys:\n" + entry("k", h1, `["a/#/b"]`), []string{`key 1 ("k")`, `"a/#/b"`, `has "#" before its last level`}},
 		{"# not a whole level", "keys:\n" + entry("k", h1, `["a/b#"]`), []string{`"a/b#"`, "whole level"}},
 		{"+ not a whole level", "keys:\n" + entry("k", h1, `["a/b+/c"]`), []string{`"a/b+/c"`, "whole level"}},
 		{"$share filter", "keys:\n" + entry("k", h1, `["$share/g/a/b"]`), []string{`"$share/g/a/b"`, "shared subscription"}},

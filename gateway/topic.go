@@ -65,3 +65,27 @@ func CheckTopic(name, reservedPrefix string) error {
 func under(topic, prefix string) bool {
 	return topic == prefix || (strings.HasPrefix(topic, prefix) && topic[len(prefix)] == '/')
 }
+
+// CheckFilter reports why filter can't be a topic filter in an auth or
+// users file, or nil if it can: an MQTT string (CheckString), not empty
+// [MQTT-4.7.3-1], with each wildcard a whole level and '#' only last
+// [MQTT-4.7.1-2] [MQTT-4.7.1-3]. (Brokers such as mochi take "a+/b" as a
+// literal level; in a grant it would not mean what its author thinks.)
+func CheckFilter(filter string) error {
+	if filter == "" {
+		return fmt.Errorf("is empty")
+	}
+	if err := CheckString(filter); err != nil {
+		return err
+	}
+	levels := strings.Split(filter, "/")
+	for i, level := range levels {
+		switch {
+		case level == "#" && i != len(levels)-1:
+			return fmt.Errorf(`has "#" before its last level`)
+		case level != "+" && level != "#" && strings.ContainsAny(level, "+#"):
+			return fmt.Errorf(`has a wildcard that is not a whole level ("+" and "#" must stand alone between slashes)`)
+		}
+	}
+	return nil
+}

@@ -85,3 +85,20 @@ func FuzzCheckTopic(f *testing.F) {
 		}
 	})
 }
+
+func TestCheckFilter(t *testing.T) {
+	for filter, want := range map[string]string{
+		"a/b": "", "a/+/c": "", "a/#": "", "#": "", "+": "", "+/+/#": "", "$SYS/#": "",
+		"":       "empty",
+		"a/#/b":  `"#" before`,
+		"a+/b":   "whole level",
+		"a/b#":   "whole level",
+		"a/\x00": "NUL",
+		"a/\xff": "UTF-8",
+	} {
+		err := CheckFilter(filter)
+		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
+			t.Errorf("CheckFilter(%q) = %v, want %q", filter, err, want)
+		}
+	}
+}
