@@ -132,8 +132,8 @@ func authDetail(err error) string {
 	return err.Error()
 }
 
-// writeError answers with the problem for err.
-func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+// writeError answers with the problem for err, and returns its kind.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) problemKind {
 	kind, detail := classify(err)
 	switch kind {
 	case probInternal, probBrokerRejected, probBadReply:
@@ -142,6 +142,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		s.log.Warn("request failed", "path", r.URL.EscapedPath(), "status", kind.status, "error", err)
 	}
 	s.writeProblem(w, kind, detail)
+	return kind
 }
 
 func (s *Server) writeProblem(w http.ResponseWriter, kind problemKind, detail string) {

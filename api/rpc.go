@@ -33,10 +33,9 @@ func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	info := infoOf(r)
 	fail := func(err error) {
-		kind, _ := classify(err)
+		kind := s.writeError(w, r, err)
 		info.outcome = kind.outcome
 		s.metrics.rpcRequests.WithLabelValues(kind.outcome).Inc()
-		s.writeError(w, r, err)
 	}
 
 	// Refuse at once beyond the bound, before reading anything: queueing
