@@ -121,7 +121,13 @@ func post(t testing.TB, url string, body io.Reader, header ...string) response {
 
 func do(t testing.TB, req *http.Request) response {
 	t.Helper()
-	resp, err := http.DefaultClient.Do(req)
+	return doWith(t, http.DefaultClient, req)
+}
+
+// doWith sends req with c and reads the whole response.
+func doWith(t testing.TB, c *http.Client, req *http.Request) response {
+	t.Helper()
+	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

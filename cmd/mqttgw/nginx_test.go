@@ -298,16 +298,7 @@ func nginxSend(t *testing.T, c *http.Client, method, url, body string, header ..
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Add(header[i], header[i+1])
 	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return response{resp.StatusCode, resp.Header, b}
+	return doWith(t, c, req)
 }
 
 // nginxLogLine waits for the gateway's request log line with request_id id
