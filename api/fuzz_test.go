@@ -277,16 +277,16 @@ func FuzzReplyHeaders(f *testing.F) {
 	})
 }
 
-// FuzzParseTimeout: a ?timeout is refused, saying the limit, or accepted
-// as a positive duration no longer than the maximum, matching how Go
-// durations and plain seconds read.
+// FuzzParseTimeout: a ?timeout is refused, saying the range, or accepted
+// as a duration from MinTimeout to the maximum; only canonical Go
+// durations and plain decimal seconds are taken, each as it reads.
 func FuzzParseTimeout(f *testing.F) {
 	for _, s := range []string{
 		"1.5s", "500ms", "2", "0.5", "60", "60s", "1m", "1m0s", "60.000000001", "61s", "1m1s",
 		"0", "0s", "-1", "-1s", "", " ", "soon", "NaN", "nan", "Inf", "+Inf", "-Inf", "infinity",
 		"1e300", "1e-300", "1e-10", "0.0000000001", "1ns", "0.1ns", "9999999h", "9223372036854775807",
 		"9223372036854775808ns", "0x1p-2", "0x10", "1_0", "+5", "+5s", "05", ".5", "5.", "1e1",
-		"1h", "-0", "-0s", "1µs", "1us", "2s ", " 2s", "2 s", "1s500ms", "1.5.5s",
+		"1h", "-0", "-0s", "1µs", "1us", "2s ", " 2s", "2 s", "1s500ms", "1.5.5s", "1ms", "999us", "0.001",
 	} {
 		f.Add(s)
 	}
@@ -294,39 +294,79 @@ func FuzzParseTimeout(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		d, err := parseTimeout(url.Values{"timeout": {s}}, def, limit)
 		if err != nil {
-			// Whatever was wrong, the detail names the value and the limit.
-			if msg := err.Error(); !strings.Contains(msg, strconv.Quote(s)) || !strings.Contains(msg, limit.String()) {
-				t.Fatalf("parseTimeout(%q): error %q does not quote the value and name the maximum %s", s, msg, limit)
+			// Whatever was wrong, the detail names the value and a limit.
+			if msg := err.Error(); !strings.Contains(msg, strconv.Quote(s)) ||
+				!strings.Contains(msg, limit.String()) && !strings.Contains(msg, MinTimeout.String()) {
+				t.Fatalf("parseTimeout(%q): error %q does not quote the value and name the range", s, msg)
 			}
-		} else if d <= 0 || d > limit {
-			t.Fatalf("parseTimeout(%q) = %s, outside (0, %s]", s, d, limit)
+		} else if d < MinTimeout || d > limit {
+			t.Fatalf("parseTimeout(%q) = %s, outside [%s, %s]", s, d, MinTimeout, limit)
 		}
 
-		// A Go duration in range is taken as it is.
-		if gd, gerr := time.ParseDuration(s); gerr == nil {
-			if gd > 0 && gd <= limit && (err != nil || d != gd) {
-				t.Fatalf("parseTimeout(%q) = %s, %v; want the duration %s", s, d, err, gd)
+		var want time.Duration
+		switch {
+		case isDecimal(s) && s[0] != '.' && s[len(s)-1] != '.':
+			// Plain decimal seconds, to the nanosecond.
+			secs, _ := strconv.ParseFloat(s, 64)
+			if secs > limit.Seconds() {
+				want = limit + 1
+			} else {
+				want = time.Duration(secs * float64(time.Second))
 			}
-			if (gd <= 0 || gd > limit) && err == nil {
-				t.Fatalf("parseTimeout(%q) = %s; want it refused", s, d)
+		case isCanonicalDuration(s):
+			gd, gerr := time.ParseDuration(s)
+			if gerr != nil { // overflow
+				gd = limit + 1
+			}
+			want = gd
+		default:
+			if err == nil {
+				t.Fatalf("parseTimeout(%q) = %s; want a non-canonical value refused", s, d)
 			}
 			return
 		}
-		// So are plain decimal seconds, to the nanosecond.
-		if isDecimal(s) {
-			secs, _ := strconv.ParseFloat(s, 64)
-			switch want := time.Duration(secs * float64(time.Second)); {
-			case secs > limit.Seconds() || want <= 0:
-				if err == nil {
-					t.Fatalf("parseTimeout(%q) = %s; want it refused", s, d)
-				}
-			case err != nil:
-				t.Fatalf("parseTimeout(%q): %v; want %s", s, err, want)
-			case d != want:
-				t.Fatalf("parseTimeout(%q) = %s, want %s", s, d, want)
+		switch {
+		case want < MinTimeout || want > limit:
+			if err == nil {
+				t.Fatalf("parseTimeout(%q) = %s; want it refused", s, d)
 			}
+		case err != nil:
+			t.Fatalf("parseTimeout(%q): %v; want %s", s, err, want)
+		case d != want:
+			t.Fatalf("parseTimeout(%q) = %s, want %s", s, d, want)
 		}
 	})
+}
+
+// isCanonicalDuration reports whether s is what time.Duration.String
+// could write, loosely: unsigned decimals each followed by a unit, with
+// no '.' at either end of a number.
+func isCanonicalDuration(s string) bool {
+	if s == "" {
+		return false
+	}
+	for s != "" {
+		i := 0
+		for i < len(s) && (s[i] >= '0' && s[i] <= '9' || s[i] == '.') {
+			i++
+		}
+		num := s[:i]
+		if !isDecimal(num) || num[0] == '.' || num[len(num)-1] == '.' {
+			return false
+		}
+		s = s[i:]
+		unit := ""
+		for _, u := range []string{"ns", "us", "µs", "μs", "ms", "s", "m", "h"} {
+			if strings.HasPrefix(s, u) && len(u) > len(unit) {
+				unit = u
+			}
+		}
+		if unit == "" {
+			return false
+		}
+		s = s[len(unit):]
+	}
+	return true
 }
 
 // isDecimal reports whether s is digits with at most one '.', such as "2",

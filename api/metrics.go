@@ -24,11 +24,11 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	m := &metrics{
 		httpRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mqttgw_http_requests_total",
-			Help: "HTTP requests by route pattern, method and status code.",
+			Help: "HTTP requests by route pattern, method (other for any but the standard ones) and status code.",
 		}, []string{"route", "method", "code"}),
 		rpcRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mqttgw_rpc_requests_total",
-			Help: "RPC requests (POST /rpc/...) by outcome: ok, timeout, no_responders, broker_unavailable, overloaded, shutting_down, rejected, bad_reply, invalid, too_large, unauthorized, forbidden, client_gone, internal.",
+			Help: "RPC requests (POST /rpc/...) by outcome: ok, timeout, no_responders, broker_unavailable, overloaded, shutting_down, rejected, bad_reply, reply_too_large, invalid, too_large, unauthorized, forbidden, client_gone, internal.",
 		}, []string{"outcome"}),
 		rpcDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "mqttgw_rpc_duration_seconds",
@@ -81,7 +81,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		if route == "" {
 			route = "unmatched"
 		}
-		s.metrics.httpRequests.WithLabelValues(route, r.Method, strconv.Itoa(status)).Inc()
+		s.metrics.httpRequests.WithLabelValues(route, methodLabel(r.Method), strconv.Itoa(status)).Inc()
 		attrs := []any{
 			"method", r.Method,
 			"path", r.URL.EscapedPath(),
@@ -95,6 +95,17 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		}
 		s.log.InfoContext(r.Context(), "request", attrs...)
 	})
+}
+
+// methodLabel keeps the method label to a fixed set: a method is any
+// token a client sends, and each new one would be a series for ever.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	}
+	return "other"
 }
 
 func contextWith(r *http.Request, info *reqInfo) context.Context {

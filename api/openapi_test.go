@@ -153,7 +153,7 @@ func TestOpenAPIProblemTypes(t *testing.T) {
 	// logged: its client is gone).
 	kinds := []problemKind{
 		probInvalidTopic, probInvalidParameter, probInvalidHeader, probBodyTooLarge,
-		probNotFound, probMethodNotAllowed, probBrokerRejected, probBadReply,
+		probNotFound, probMethodNotAllowed, probBrokerRejected, probBadReply, probReplyTooLarge,
 		probNoResponders, probBrokerUnavailable, probShuttingDown, probTimeout, probInternal,
 		probUnauthorized, probForbidden, probBodyTimeout, probOverloaded,
 	}
@@ -452,12 +452,15 @@ func liveCases() []liveCase {
 		{name: "400 topic too long", target: "/rpc/" + overLengthTopic, status: 400, slug: "invalid-topic", detail: "65535", specRejects: true},
 
 		// 400 invalid-parameter
-		{name: "400 timeout zero", target: "/rpc/a?timeout=0", status: 400, slug: "invalid-parameter", detail: "positive"},
-		{name: "400 timeout negative", target: "/rpc/a?timeout=-1s", status: 400, slug: "invalid-parameter", detail: "positive"},
-		{name: "400 timeout rounds to zero", target: "/rpc/a?timeout=1e-12", status: 400, slug: "invalid-parameter", detail: "positive"},
+		{name: "400 timeout zero", target: "/rpc/a?timeout=0", status: 400, slug: "invalid-parameter", detail: "minimum of 1ms"},
+		{name: "400 timeout below 1ms", target: "/rpc/a?timeout=1ns", status: 400, slug: "invalid-parameter", detail: "minimum of 1ms"},
+		{name: "400 timeout negative", target: "/rpc/a?timeout=-1s", status: 400, slug: "invalid-parameter", detail: "from 1ms", specRejects: true},
+		{name: "400 timeout exponent", target: "/rpc/a?timeout=1e-12", status: 400, slug: "invalid-parameter", detail: "from 1ms", specRejects: true},
+		{name: "400 timeout underscore", target: "/rpc/a?timeout=1_0", status: 400, slug: "invalid-parameter", detail: `"1_0"`, specRejects: true},
+		{name: "400 timeout sign", target: "/rpc/a?timeout=%2B5s", status: 400, slug: "invalid-parameter", detail: `"+5s"`, specRejects: true},
 		{name: "400 timeout empty", target: "/rpc/a?timeout=", status: 400, slug: "invalid-parameter", specRejects: true},
-		{name: "400 timeout unparsable", target: "/rpc/a?timeout=soon", status: 400, slug: "invalid-parameter", detail: "1.5s"},
-		{name: "400 timeout NaN", target: "/rpc/a?timeout=NaN", status: 400, slug: "invalid-parameter"},
+		{name: "400 timeout unparsable", target: "/rpc/a?timeout=soon", status: 400, slug: "invalid-parameter", detail: "1.5s", specRejects: true},
+		{name: "400 timeout NaN", target: "/rpc/a?timeout=NaN", status: 400, slug: "invalid-parameter", specRejects: true},
 		{name: "400 timeout above max", target: "/rpc/a?timeout=61s", status: 400, slug: "invalid-parameter", detail: testCfg.MaxTimeout.String()},
 		{name: "400 timeout seconds above max", target: "/rpc/a?timeout=61", status: 400, slug: "invalid-parameter", detail: testCfg.MaxTimeout.String()},
 		// Too large for a time.Duration: the detail does not name the
@@ -566,6 +569,12 @@ func liveCases() []liveCase {
 			name: "502 http-status with a sign", target: "/rpc/a",
 			request: replyWith(gateway.Reply{UserProperties: []gateway.UserProperty{{Key: "http-status", Value: "+201"}}}),
 			status:  502, slug: "bad-reply", detail: `"+201"`,
+		},
+
+		{
+			name: "502 reply too large", target: "/rpc/a",
+			request: failWith(fmt.Errorf("%w: the reply is 5 bytes; at most 4 are allowed", gateway.ErrReplyTooLarge)),
+			status:  502, slug: "reply-too-large", detail: "at most 4",
 		},
 
 		// 503

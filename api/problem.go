@@ -41,6 +41,7 @@ var (
 	probMethodNotAllowed  = problemKind{"method-not-allowed", "Method not allowed", http.StatusMethodNotAllowed, 0, ""}
 	probBrokerRejected    = problemKind{"broker-rejected", "Broker rejected the request", http.StatusBadGateway, 0, "rejected"}
 	probBadReply          = problemKind{"bad-reply", "Malformed reply", http.StatusBadGateway, 0, "bad_reply"}
+	probReplyTooLarge     = problemKind{"reply-too-large", "Reply too large", http.StatusBadGateway, 0, "reply_too_large"}
 	probNoResponders      = problemKind{"no-responders", "No responders", http.StatusServiceUnavailable, 0, "no_responders"}
 	probBrokerUnavailable = problemKind{"broker-unavailable", "Broker unavailable", http.StatusServiceUnavailable, 1, "broker_unavailable"}
 	probOverloaded        = problemKind{"overloaded", "Gateway overloaded", http.StatusServiceUnavailable, 1, "overloaded"}
@@ -116,6 +117,8 @@ func classify(err error) (problemKind, string) {
 		return probBrokerRejected, rejected.Error()
 	case errors.As(err, &badReply):
 		return probBadReply, badReply.detail
+	case errors.Is(err, gateway.ErrReplyTooLarge):
+		return probReplyTooLarge, err.Error() + " (--max-reply)"
 	case errors.Is(err, context.Canceled):
 		return probClientGone, "the client closed the request"
 	}
@@ -136,7 +139,7 @@ func authDetail(err error) string {
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) problemKind {
 	kind, detail := classify(err)
 	switch kind {
-	case probInternal, probBrokerRejected, probBadReply:
+	case probInternal, probBrokerRejected, probBadReply, probReplyTooLarge:
 		// Worth an operator's look; the other failures are states the
 		// request log line already shows.
 		s.log.Warn("request failed", "path", r.URL.EscapedPath(), "status", kind.status, "error", err)

@@ -16,6 +16,7 @@ func (s *Server) routes() http.Handler {
 	// their own. No middleware.Timeout: each request's deadline is its
 	// own ?timeout, applied in the handler.
 	r.Use(middleware.RequestID) // trusts a client's X-Request-Id: logs only
+	r.Use(s.guardBody)
 	r.Use(s.observe)
 	r.Use(middleware.Recoverer)
 

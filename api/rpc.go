@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net/http"
 	"net/url"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -123,13 +123,12 @@ func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, info *req
 	if r.ContentLength > s.cfg.MaxBody {
 		return req, 0, &badInput{kind: probBodyTooLarge, err: fmt.Errorf("the body is %d bytes; at most %d are allowed", r.ContentLength, s.cfg.MaxBody)}
 	}
-	// A slow upload may hold the connection only so long; the deadline is
-	// lifted again for the wait for the reply. (Recorders in tests can't
-	// set deadlines; that is fine.)
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout))
+	// guardBody set a deadline for the body when the request came in;
+	// lift it for the wait for the reply, which has its own.
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
-	_ = rc.SetReadDeadline(time.Time{})
+	if err == nil {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
+	}
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
 			return req, 0, &badInput{kind: probBodyTooLarge, err: fmt.Errorf("the body is larger than the %d bytes allowed", s.cfg.MaxBody)}
@@ -164,34 +163,50 @@ func decodeTopic(escapedPath string) (string, error) {
 	return topic, nil
 }
 
+// MinTimeout is the shortest ?timeout a client may ask for: below it a
+// request could only time out, after being published all the same.
+const MinTimeout = time.Millisecond
+
 // parseTimeout reads ?timeout as a Go duration ("1.5s", "500ms") or plain
-// seconds ("2", "0.5").
+// seconds ("2", "0.5"), from MinTimeout to max. Only the canonical forms
+// are taken: no sign, no exponent, no '_' between digits ("1_0" would be
+// 10 to strconv), so that a value means what it reads as.
 func parseTimeout(q url.Values, def, max time.Duration) (time.Duration, error) {
 	v, err := single(q, "timeout")
 	if err != nil || v == nil {
 		return def, err
 	}
-	d, err := time.ParseDuration(*v)
-	if err != nil {
+	bad := fmt.Errorf("timeout %q is not a duration such as 1.5s or 500ms, nor a number of seconds such as 2 or 0.5, from %s to %s", *v, MinTimeout, max)
+	var d time.Duration
+	switch {
+	case plainSeconds.MatchString(*v):
 		secs, ferr := strconv.ParseFloat(*v, 64)
-		switch {
-		case ferr != nil || math.IsNaN(secs) || math.IsInf(secs, 0):
-			// Also what ParseDuration says of a duration too large for
-			// time.Duration ("9999999h"), so name the maximum here too.
-			return 0, fmt.Errorf("timeout %q is not a duration such as 1.5s or 500ms, nor a number of seconds, up to the maximum of %s", *v, max)
-		case secs > max.Seconds():
+		if ferr != nil || secs > max.Seconds() {
 			return 0, fmt.Errorf("timeout %q is above the maximum of %s", *v, max)
 		}
 		d = time.Duration(secs * float64(time.Second))
+	case goDuration.MatchString(*v):
+		// The form is right, so ParseDuration can only fail on a
+		// duration too large for time.Duration ("9999999h").
+		if d, err = time.ParseDuration(*v); err != nil {
+			return 0, fmt.Errorf("timeout %q is above the maximum of %s", *v, max)
+		}
+	default:
+		return 0, bad
 	}
 	switch {
-	case d <= 0:
-		return 0, fmt.Errorf("timeout %q must be positive (and at most %s)", *v, max)
+	case d < MinTimeout:
+		return 0, fmt.Errorf("timeout %q is below the minimum of %s", *v, MinTimeout)
 	case d > max:
 		return 0, fmt.Errorf("timeout %q is above the maximum of %s", *v, max)
 	}
 	return d, nil
 }
+
+var (
+	plainSeconds = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?$`)
+	goDuration   = regexp.MustCompile(`^([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+$`)
+)
 
 // parseQoS reads ?qos: 0, 1 or 2.
 func parseQoS(q url.Values, def byte) (byte, error) {

@@ -9,9 +9,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 
 	"github.com/mqttgw/mqttgw/gateway"
 )
@@ -40,6 +40,93 @@ type Config struct {
 	// Default gateway.DefaultResponsePrefix.
 	ResponsePrefix string
 	Logger         *slog.Logger
+
+	// Every listener applies the limits below alike.
+
+	// MaxPacketSize is the largest packet a client may send, announced in
+	// CONNACK; a larger one disconnects the client. CONNECT packets may be
+	// at most 64 KiB (or MaxPacketSize if smaller). Default 1 MiB + 64 KiB.
+	MaxPacketSize int
+	// ConnectTimeout bounds the TLS or WebSocket handshake, and then the
+	// wait for the CONNECT packet. Default 5s.
+	ConnectTimeout time.Duration
+	// MaxKeepAlive is the longest keep-alive a client may have; one that
+	// asks for none or a longer one is given this one as Server Keep
+	// Alive. Whole seconds, at most 65535s. Default 120s.
+	MaxKeepAlive time.Duration
+	// WriteBuffer bounds the bytes queued for one client; at least
+	// MaxPacketSize. Default 8 MiB.
+	WriteBuffer int
+	// WriteTimeout: a client that takes no bytes for this long is
+	// disconnected. Default 30s.
+	WriteTimeout time.Duration
+	// SlowSubscribers says what happens to a client that doesn't read
+	// fast enough: SlowDrop (the default) or SlowDisconnect.
+	SlowSubscribers SlowPolicy
+}
+
+// SlowPolicy says what the broker does with deliveries to a client whose
+// write buffer can't take another packet of MaxPacketSize.
+type SlowPolicy string
+
+const (
+	// SlowDrop drops such deliveries (and refuses its new subscriptions)
+	// until the client catches up; it is disconnected only if its buffer
+	// overflows anyway or it takes no bytes for WriteTimeout.
+	SlowDrop SlowPolicy = "drop"
+	// SlowDisconnect disconnects the client once a delivery doesn't fit
+	// in its write buffer.
+	SlowDisconnect SlowPolicy = "disconnect"
+)
+
+// maxConnectPacket bounds the CONNECT packet, which arrives before any
+// credential is checked.
+const maxConnectPacket = 64 << 10
+
+// Validate reports the first limit that can't work, after filling in the
+// defaults of those left zero.
+func (c *Config) Validate() error {
+	return c.setDefaults()
+}
+
+func (c *Config) setDefaults() error {
+	if c.ResponsePrefix == "" {
+		c.ResponsePrefix = gateway.DefaultResponsePrefix
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.MaxPacketSize == 0 {
+		c.MaxPacketSize = 1<<20 + 64<<10
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = 5 * time.Second
+	}
+	if c.MaxKeepAlive == 0 {
+		c.MaxKeepAlive = 120 * time.Second
+	}
+	if c.WriteBuffer == 0 {
+		c.WriteBuffer = 8 << 20
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 30 * time.Second
+	}
+	if c.SlowSubscribers == "" {
+		c.SlowSubscribers = SlowDrop
+	}
+	switch {
+	case c.MaxPacketSize < 128 || c.MaxPacketSize > 268435460:
+		return fmt.Errorf("maximum packet size %d is not from 128 bytes to 256 MiB", c.MaxPacketSize)
+	case c.ConnectTimeout < 0 || c.WriteTimeout < 0:
+		return errors.New("connect and write timeouts must be positive")
+	case c.MaxKeepAlive < time.Second || c.MaxKeepAlive > 65535*time.Second:
+		return fmt.Errorf("maximum keep-alive %s is not from 1s to 65535s", c.MaxKeepAlive)
+	case c.WriteBuffer < c.MaxPacketSize:
+		return fmt.Errorf("write buffer of %d bytes can't hold a packet of the maximum size, %d bytes", c.WriteBuffer, c.MaxPacketSize)
+	case c.SlowSubscribers != SlowDrop && c.SlowSubscribers != SlowDisconnect:
+		return fmt.Errorf("slow subscriber policy %q is not %q or %q", c.SlowSubscribers, SlowDrop, SlowDisconnect)
+	}
+	return nil
 }
 
 // Broker is a running embedded MQTT v5 broker.
@@ -48,20 +135,19 @@ type Broker struct {
 	hook      *accessHook
 	usersFile string
 	log       *slog.Logger
-	tcp       *listeners.TCP
-	tls       *listeners.TCP
+	tcp       *tcpListener
+	tls       *tcpListener
 	ws        *wsListener
 	gate      gate
+	limits    connLimits
+	stats     connStats
 }
 
 // New creates the broker and binds its listeners, so that an address in
 // use is an error here rather than a log line later. Call Start to serve.
 func New(cfg Config) (*Broker, error) {
-	if cfg.ResponsePrefix == "" {
-		cfg.ResponsePrefix = gateway.DefaultResponsePrefix
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
+	if err := cfg.setDefaults(); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
 	}
 
 	// Start from the defaults: a partial Capabilities struct zeroes
@@ -70,12 +156,15 @@ func New(cfg Config) (*Broker, error) {
 	// By default mochi copies a QoS 1 publish's user properties into its
 	// PUBACK (with reason 0x01), which MQTT.js can't parse.
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
+	// mochi has no limit by default; conn (conn.go) also holds back a
+	// packet until it has arrived, so that this is never allocated ahead.
+	caps.MaximumPacketSize = uint32(cfg.MaxPacketSize)
 
 	if cfg.TLSAddr != "" && cfg.TLS == nil {
 		return nil, errors.New("broker: a TLS listener address needs a TLS configuration")
 	}
 
-	hook := &accessHook{prefix: cfg.ResponsePrefix}
+	hook := &accessHook{prefix: cfg.ResponsePrefix, dropSlow: cfg.SlowSubscribers == SlowDrop}
 	// Read the users file before binding anything, so that a bad file
 	// leaves no listener behind.
 	if cfg.UsersFile != "" {
@@ -91,16 +180,29 @@ func New(cfg Config) (*Broker, error) {
 		InlineClient: true, // for the in-process transport's subscription
 		Logger:       cfg.Logger,
 	}), hook: hook, usersFile: cfg.UsersFile, log: cfg.Logger}
-	hook.srv = b.srv
+	b.limits = connLimits{
+		connectTimeout: cfg.ConnectTimeout,
+		maxConnect:     min(maxConnectPacket, cfg.MaxPacketSize),
+		maxPacket:      cfg.MaxPacketSize,
+		writeBuffer:    cfg.WriteBuffer,
+		writeTimeout:   cfg.WriteTimeout,
+		stats:          &b.stats,
+		conns:          &connSet{},
+	}
+	hook.srv, hook.stats = b.srv, &b.stats
 	// mochi ORs its auth hooks, so this must be the only one: next to an
 	// allow-all hook it would allow everything.
 	if err := b.srv.AddHook(hook, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
+	limits := &limitsHook{maxKeepAlive: uint16(cfg.MaxKeepAlive / time.Second), maxPacket: uint32(cfg.MaxPacketSize)}
+	if err := b.srv.AddHook(limits, nil); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
 	// On a bind error, Close releases the listeners bound so far; the one
 	// that failed to bind never joined the server.
 	if cfg.TCPAddr != "" {
-		b.tcp = listeners.NewTCP(listeners.Config{Type: listeners.TypeTCP, ID: "tcp", Address: cfg.TCPAddr})
+		b.tcp = newTCPListener("tcp", cfg.TCPAddr, nil, cfg.ConnectTimeout, &b.stats)
 		if err := b.srv.AddListener(b.guard(b.tcp)); err != nil {
 			_ = b.srv.Close()
 			return nil, fmt.Errorf("broker: mqtt listener on %s: %w", cfg.TCPAddr, err)
@@ -108,7 +210,7 @@ func New(cfg Config) (*Broker, error) {
 	}
 	if cfg.TLSAddr != "" {
 		// A copy, so that the caller can't change it under the listener.
-		b.tls = listeners.NewTCP(listeners.Config{Type: listeners.TypeTCP, ID: "tls", Address: cfg.TLSAddr, TLSConfig: cfg.TLS.Clone()})
+		b.tls = newTCPListener("tls", cfg.TLSAddr, cfg.TLS.Clone(), cfg.ConnectTimeout, &b.stats)
 		if err := b.srv.AddListener(b.guard(b.tls)); err != nil {
 			_ = b.srv.Close()
 			return nil, fmt.Errorf("broker: mqtt tls listener on %s: %w", cfg.TLSAddr, err)
@@ -122,7 +224,7 @@ func New(cfg Config) (*Broker, error) {
 			// HTTPS server may offer h2, where Upgrade doesn't exist.
 			tc.NextProtos = []string{"http/1.1"}
 		}
-		b.ws = newWSListener("ws", cfg.WSAddr, tc)
+		b.ws = newWSListener("ws", cfg.WSAddr, tc, cfg.ConnectTimeout)
 		if err := b.srv.AddListener(b.guard(b.ws)); err != nil {
 			_ = b.srv.Close()
 			return nil, fmt.Errorf("broker: websocket listener on %s: %w", cfg.WSAddr, err)
@@ -203,6 +305,23 @@ func (b *Broker) Transport() gateway.Transport {
 	return newInproc(b.srv)
 }
 
+// Ready returns nil while every listener accepts connections, or why
+// not: a listener that stopped for good (not merely out of file
+// descriptors for a while, which it retries) leaves responders that
+// reconnect locked out.
+func (b *Broker) Ready() error {
+	if b.tcp != nil && b.tcp.Err() != nil {
+		return b.tcp.Err()
+	}
+	if b.tls != nil && b.tls.Err() != nil {
+		return b.tls.Err()
+	}
+	if b.ws != nil && b.ws.Err() != nil {
+		return b.ws.Err()
+	}
+	return nil
+}
+
 // HasSubscribers reports whether any client subscribes to a filter that
 // matches topic.
 func (b *Broker) HasSubscribers(topic string) bool {
@@ -214,5 +333,7 @@ func (b *Broker) HasSubscribers(topic string) bool {
 // are turned away first, so that none outlives Close (see guard.go).
 func (b *Broker) Close() error {
 	b.gate.close()
-	return b.srv.Close()
+	err := b.srv.Close()
+	b.limits.conns.close()
+	return err
 }

@@ -23,8 +23,9 @@ import (
 //     connections before Close and waits until those already handed to
 //     mochi have been counted.
 
-// guard wraps l so that its connections pass the broker's gate and its
-// Close disconnects clients without mochi's deadlock.
+// guard wraps l so that its connections pass the broker's gate and get
+// the broker's limits (conn.go), and its Close disconnects clients without
+// mochi's deadlock.
 func (b *Broker) guard(l listeners.Listener) listeners.Listener {
 	return &guarded{Listener: l, b: b}
 }
@@ -35,7 +36,13 @@ type guarded struct {
 }
 
 func (l *guarded) Serve(establish listeners.EstablishFn) {
-	l.Listener.Serve(l.b.gate.wrap(establish))
+	l.Listener.Serve(l.b.gate.wrap(func(id string, c net.Conn) error {
+		mc := newConn(c, id, &l.b.limits)
+		if mc == nil {
+			return c.Close() // the broker is closing
+		}
+		return establish(id, mc)
+	}))
 }
 
 func (l *guarded) Close(listeners.CloseFn) {
@@ -43,13 +50,16 @@ func (l *guarded) Close(listeners.CloseFn) {
 }
 
 // closeListenerClients is mochi's Server.closeListenerClients without the
-// deadlock: Clients.GetAll takes the read lock once.
+// deadlock: Clients.GetAll takes the read lock once. It also ends the
+// connections that have not sent CONNECT, which mochi doesn't know as
+// clients but waits for.
 func (b *Broker) closeListenerClients(listener string) {
 	for _, cl := range b.srv.Clients.GetAll() {
 		if cl.Net.Listener == listener && !cl.Closed() {
 			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
 		}
 	}
+	b.limits.conns.closeListener(listener)
 }
 
 // gate lets connections through to mochi until close, and lets close wait

@@ -25,6 +25,10 @@ type accessHook struct {
 	prefix string
 	// srv tells which user owns a client id; set once before Serve.
 	srv *mqtt.Server
+	// dropSlow drops deliveries to clients whose write buffer is
+	// congested (see conn); stats counts them.
+	dropSlow bool
+	stats    *connStats
 	// users is the current users file; nil means anonymous access. Checks
 	// load it once each, so a ReloadUsers applies to every later check,
 	// including those of clients already connected.
@@ -114,6 +118,20 @@ func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 	}
 	filter := stripShare(topic)
 	if reserved(filter, h.prefix) {
+		return false
+	}
+	// mochi asks here before it queues a delivery, and before it takes
+	// the client's lock for a packet id: refusing is the one way to drop
+	// a message that leaves mochi's session state consistent. A SUBSCRIBE
+	// asks here too and is refused while the client is congested.
+	if c, ok := cl.Net.Conn.(*conn); ok && c.congested() {
+		if h.dropSlow {
+			h.stats.droppedDeliveries.Add(1)
+		} else if !cl.Closed() {
+			h.stats.slowDisconnects.Add(1)
+			// Never blocks: conn's Write only queues.
+			_ = h.srv.DisconnectClient(cl, packets.ErrQuotaExceeded)
+		}
 		return false
 	}
 	if t == nil {

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -22,9 +24,15 @@ type wsListener struct {
 	id      string
 	address string
 	tls     *tls.Config // nil: plain ws
-	ln      net.Listener
-	srv     *http.Server
-	log     *slog.Logger
+	// handshakeTimeout bounds the TLS handshake and the upgrade request,
+	// as the TCP listeners bound theirs.
+	handshakeTimeout time.Duration
+	ln               net.Listener
+	srv              *http.Server
+	log              *slog.Logger
+	// dead is why Serve stopped without Close; nil while it serves.
+	// (net/http retries accept errors such as EMFILE itself.)
+	dead atomic.Pointer[error]
 
 	mu        sync.Mutex
 	establish listeners.EstablishFn // Lock should be held.
@@ -35,8 +43,8 @@ var _ listeners.Listener = (*wsListener)(nil)
 
 // newWSListener returns a WebSocket listener; with tc it serves secure
 // WebSockets (wss).
-func newWSListener(id, address string, tc *tls.Config) *wsListener {
-	return &wsListener{id: id, address: address, tls: tc}
+func newWSListener(id, address string, tc *tls.Config, handshakeTimeout time.Duration) *wsListener {
+	return &wsListener{id: id, address: address, tls: tc, handshakeTimeout: handshakeTimeout}
 }
 
 func (l *wsListener) ID() string { return l.id }
@@ -68,8 +76,12 @@ func (l *wsListener) Init(log *slog.Logger) error {
 	}
 	l.ln = ln
 	l.srv = &http.Server{
-		Handler:           http.HandlerFunc(l.serveHTTP),
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler: http.HandlerFunc(l.serveHTTP),
+		// net/http bounds the TLS handshake by this too.
+		ReadHeaderTimeout: l.handshakeTimeout,
+		// TLS handshake errors and the like go to the broker's log, in
+		// its format, rather than to stderr as plain text.
+		ErrorLog: slog.NewLogLogger(log.With("listener", l.id).Handler(), slog.LevelWarn),
 	}
 	return nil
 }
@@ -83,8 +95,18 @@ func (l *wsListener) Serve(establish listeners.EstablishFn) {
 		return
 	}
 	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		l.log.Error("websocket listener stopped", "error", err, "listener", l.id)
+		err = fmt.Errorf("mqtt listener %s on %s stopped: %w", l.id, l.Address(), err)
+		l.dead.Store(&err)
+		l.log.Error("mqtt listener stopped; it accepts no more connections", "error", err, "listener", l.id)
 	}
+}
+
+// Err is why the listener stopped serving before Close, or nil.
+func (l *wsListener) Err() error {
+	if p := l.dead.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (l *wsListener) serveHTTP(w http.ResponseWriter, r *http.Request) {

@@ -23,6 +23,9 @@ var (
 	// ErrTooLarge: the request would make a packet larger than the broker
 	// accepts (its CONNACK Maximum Packet Size). Nothing was sent.
 	ErrTooLarge = errors.New("gateway: request too large for the broker")
+	// ErrReplyTooLarge: the responder's reply is larger than
+	// Config.MaxReply. It was dropped.
+	ErrReplyTooLarge = errors.New("gateway: reply too large")
 )
 
 // PublishError reports that the broker refused a publish with an MQTT v5

@@ -38,8 +38,15 @@ type Config struct {
 	// RememberFinished is how many finished request ids are kept to tell
 	// late and duplicate replies from unknown ones. Default 4096.
 	RememberFinished int
-	Logger           *slog.Logger
+	// MaxReply bounds a reply's payload, content type and user
+	// properties, in bytes; a larger reply fails its request with
+	// ErrReplyTooLarge. Default DefaultMaxReply.
+	MaxReply int
+	Logger   *slog.Logger
 }
+
+// DefaultMaxReply is the default Config.MaxReply: 4 MiB.
+const DefaultMaxReply = 4 << 20
 
 func (c *Config) setDefaults() error {
 	if c.ResponsePrefix == "" {
@@ -67,6 +74,9 @@ func (c *Config) setDefaults() error {
 	if c.RememberFinished <= 0 {
 		c.RememberFinished = 4096
 	}
+	if c.MaxReply <= 0 {
+		c.MaxReply = DefaultMaxReply
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -91,6 +101,7 @@ type Gateway struct {
 	// connected is true between ConnectionUp and ConnectionDown.
 	connected atomic.Bool
 	connects  atomic.Uint64 // ConnectionUp calls
+	oversized atomic.Uint64 // replies above MaxReply
 	closed    atomic.Bool
 	closeOnce sync.Once
 }
@@ -151,15 +162,23 @@ func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
 		deadline, _ = ctx.Deadline()
 	}
 
+	// A client that has already gone (an HTTP/2 stream reset at once,
+	// say) must not still make a device act.
+	if err := ctx.Err(); err != nil {
+		return Reply{}, fmt.Errorf("gateway: request abandoned before publishing: %w", err)
+	}
 	start := time.Now()
 	id := uuid.NewString()
 	// Register before publishing: a fast responder may answer before
-	// Publish returns.
-	ch, ok := g.pending.add(id)
+	// Publish returns. Once the request has its result, a publish still
+	// waiting for its acknowledgement is of no use: pubCtx ends it.
+	pubCtx, stopPublish := context.WithCancel(ctx)
+	defer stopPublish()
+	ch, ok := g.pending.add(id, stopPublish)
 	if !ok {
 		return Reply{}, ErrClosed
 	}
-	err := g.transport.Publish(ctx, &Message{
+	err := g.transport.Publish(pubCtx, &Message{
 		Topic:           req.Topic,
 		Payload:         req.Payload,
 		QoS:             req.QoS,
@@ -170,7 +189,11 @@ func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
 		UserProperties:  req.UserProperties,
 	})
 	if err != nil {
-		g.pending.remove(id)
+		if !g.pending.remove(id) {
+			// The request got its reply, or failed (the connection was
+			// lost), while the publish waited: that is its outcome.
+			return (<-ch).reply()
+		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("%w: publish not acknowledged in time", ErrTimeout)
 		}
@@ -237,7 +260,22 @@ func (g *Gateway) check(req *Request) error {
 // HandleReply matches a message from the response topic to its waiting
 // request. Transports call it; it never blocks.
 func (g *Gateway) HandleReply(m *Message) {
-	g.pending.deliver(string(m.CorrelationData), m)
+	if n := replySize(m); n > g.cfg.MaxReply {
+		if g.pending.deliver(string(m.CorrelationData), result{err: fmt.Errorf("%w: the reply is %d bytes; at most %d are allowed", ErrReplyTooLarge, n, g.cfg.MaxReply)}) {
+			g.oversized.Add(1)
+		}
+		return
+	}
+	g.pending.deliver(string(m.CorrelationData), result{msg: m})
+}
+
+// replySize is what of a reply reaches the HTTP response.
+func replySize(m *Message) int {
+	n := len(m.Payload) + len(m.ContentType)
+	for _, p := range m.UserProperties {
+		n += len(p.Key) + len(p.Value)
+	}
+	return n
 }
 
 // ConnectionUp marks the gateway ready; transports call it once the
@@ -276,6 +314,7 @@ type Stats struct {
 	Late       uint64 // replies that came after their request ended
 	Duplicates uint64 // replies to a request that was already answered
 	Unknown    uint64 // replies with correlation data nobody sent (or long forgotten)
+	Oversized  uint64 // replies refused for being larger than MaxReply
 }
 
 // Stats returns the current counters.
@@ -285,5 +324,6 @@ func (g *Gateway) Stats() Stats {
 		Late:       g.pending.late.Load(),
 		Duplicates: g.pending.duplicates.Load(),
 		Unknown:    g.pending.unknown.Load(),
+		Oversized:  g.oversized.Load(),
 	}
 }

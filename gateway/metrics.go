@@ -27,6 +27,7 @@ func (g *Gateway) Collectors() []prometheus.Collector {
 		}),
 		counter("mqttgw_late_replies_total", "Replies dropped because their request had already timed out, been cancelled or failed.", g.pending.late.Load),
 		counter("mqttgw_duplicate_replies_total", "Replies dropped because their request had already been answered.", g.pending.duplicates.Load),
+		counter("mqttgw_oversized_replies_total", "Replies refused with a 502 because they are larger than --max-reply.", g.oversized.Load),
 		counter("mqttgw_unknown_replies_total", "Replies dropped because their correlation data matches no request this gateway remembers.", g.pending.unknown.Load),
 	}
 }

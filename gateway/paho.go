@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/url"
 	"sync"
@@ -20,6 +21,12 @@ const (
 	reasonQoSNotSupported       = 0x9B
 )
 
+// DefaultBrokerKeepAlive is the keep-alive, in seconds, of the connection
+// to an external broker: short enough that a broker that stops answering
+// is noticed in seconds, well under request timeouts, for one small
+// PINGREQ per idle interval.
+const DefaultBrokerKeepAlive = 5
+
 // BrokerConfig configures the transport to an external MQTT v5 broker.
 type BrokerConfig struct {
 	// URL is mqtt://, mqtts://, ws:// or wss://host:port[/path].
@@ -31,7 +38,11 @@ type BrokerConfig struct {
 	Password string
 	// TLS is used for mqtts:// and wss://; nil means the system roots.
 	TLS *tls.Config
-	// KeepAlive in seconds; default 30.
+	// KeepAlive in seconds; default 5. paho's pinger sends a PINGREQ after
+	// a keep-alive without traffic both ways and gives up on the
+	// connection when no PINGRESP has come one keep-alive later, so a
+	// broker that stops answering (frozen, or a half-open link) is noticed
+	// within two keep-alives, and requests in flight fail with it.
 	KeepAlive uint16
 	// ConnectTimeout bounds each connection attempt; default 10s.
 	ConnectTimeout time.Duration
@@ -54,11 +65,16 @@ func Dial(cfg BrokerConfig) (Transport, error) {
 	default:
 		return nil, fmt.Errorf("gateway: broker URL scheme %q is not mqtt, mqtts, ws or wss", cfg.URL.Scheme)
 	}
+	if cfg.URL.User != nil {
+		// The URL is logged (redacted) on every retry, and autopaho
+		// would not log in with its credentials anyway.
+		return nil, errors.New("gateway: the broker URL must not carry credentials; set Username and Password")
+	}
 	if cfg.ClientID == "" {
 		return nil, errors.New("gateway: broker client id is empty")
 	}
 	if cfg.KeepAlive == 0 {
-		cfg.KeepAlive = 30
+		cfg.KeepAlive = DefaultBrokerKeepAlive
 	}
 	if cfg.ConnectTimeout <= 0 {
 		cfg.ConnectTimeout = 10 * time.Second
@@ -126,6 +142,8 @@ func (t *pahoTransport) Connect(_ context.Context, responseTopic string, h Handl
 			closed := t.closed
 			t.mu.Unlock()
 			if !closed {
+				// Why is logged by OnClientError or OnServerDisconnect;
+				// autopaho calls them in goroutines of their own.
 				h.ConnectionDown(errors.New("connection to the broker lost"))
 			}
 			return true // keep reconnecting
@@ -145,10 +163,21 @@ func (t *pahoTransport) Connect(_ context.Context, responseTopic string, h Handl
 				},
 			},
 			OnClientError: func(err error) {
-				t.log.Debug("broker client error", "error", err)
+				if errors.Is(err, io.EOF) {
+					// Brokers that don't send DISCONNECT (mosquitto 2.0)
+					// also just close when a client takes the id over.
+					err = fmt.Errorf("the broker closed the connection without a DISCONNECT (is another client using client id %s?): %w", t.cfg.ClientID, err)
+				}
+				t.log.Warn("broker connection failed", "error", err)
 			},
 			OnServerDisconnect: func(d *paho.Disconnect) {
-				t.log.Warn("broker disconnected the gateway", "reason_code", d.ReasonCode)
+				// Say why: 0x8E means another client connected with
+				// this gateway's client id (see the README on ACLs).
+				attrs := []any{"reason_code", fmt.Sprintf("0x%02X", d.ReasonCode), "reason", d.Packet().Reason()}
+				if d.Properties != nil && d.Properties.ReasonString != "" {
+					attrs = append(attrs, "reason_string", d.Properties.ReasonString)
+				}
+				t.log.Warn("broker disconnected the gateway", attrs...)
 			},
 		},
 	}

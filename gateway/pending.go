@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 )
@@ -18,8 +19,8 @@ type result struct {
 // for. All its methods are safe for concurrent use.
 type pendingMap struct {
 	mu      sync.Mutex
-	waiting map[string]chan result // Lock should be held.
-	closed  bool                   // Lock should be held.
+	waiting map[string]waiter // Lock should be held.
+	closed  bool              // Lock should be held.
 
 	// recent is a ring of finished ids; recentKind says how each ended.
 	// Both are bounded by len(recent), so they can't grow with traffic.
@@ -32,6 +33,15 @@ type pendingMap struct {
 	unknown    atomic.Uint64
 }
 
+// waiter is a request waiting for its reply.
+type waiter struct {
+	ch chan result // cap 1; receives the one result
+	// stop ends the request's publish, which may still be waiting for
+	// an acknowledgement when the result arrives (a connection lost
+	// before the PUBACK, or a responder faster than it).
+	stop context.CancelFunc
+}
+
 // finish is how a pending request ended.
 type finish uint8
 
@@ -42,22 +52,22 @@ const (
 
 func newPendingMap(remember int) *pendingMap {
 	return &pendingMap{
-		waiting:    make(map[string]chan result),
+		waiting:    make(map[string]waiter),
 		recent:     make([]string, remember),
 		recentKind: make(map[string]finish, remember),
 	}
 }
 
 // add registers id and returns the channel its reply will arrive on, or
-// false once the map is closed.
-func (p *pendingMap) add(id string) (chan result, bool) {
+// false once the map is closed. stop is called once the result is in.
+func (p *pendingMap) add(id string, stop context.CancelFunc) (chan result, bool) {
 	ch := make(chan result, 1)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return nil, false
 	}
-	p.waiting[id] = ch
+	p.waiting[id] = waiter{ch: ch, stop: stop}
 	return ch, true
 }
 
@@ -74,11 +84,12 @@ func (p *pendingMap) remove(id string) bool {
 	return true
 }
 
-// deliver hands m to the request waiting on id without ever blocking, and
-// counts replies that match no waiting request.
-func (p *pendingMap) deliver(id string, m *Message) {
+// deliver hands r to the request waiting on id without ever blocking, and
+// counts replies that match no waiting request. It reports whether a
+// request was waiting.
+func (p *pendingMap) deliver(id string, r result) bool {
 	p.mu.Lock()
-	ch, ok := p.waiting[id]
+	w, ok := p.waiting[id]
 	var kind finish
 	if ok {
 		delete(p.waiting, id)
@@ -89,9 +100,11 @@ func (p *pendingMap) deliver(id string, m *Message) {
 	p.mu.Unlock()
 
 	if ok {
-		// Cap 1 and a single sender under the lock: this never blocks.
-		ch <- result{msg: m}
-		return
+		// Cap 1 and a single sender, chosen under the lock: this never
+		// blocks. The result is in before the publish is stopped.
+		w.ch <- r
+		w.stop()
+		return true
 	}
 	switch kind {
 	case answered:
@@ -101,6 +114,7 @@ func (p *pendingMap) deliver(id string, m *Message) {
 	default:
 		p.unknown.Add(1)
 	}
+	return false
 }
 
 // failAll ends every waiting request with err; with closing set, it also
@@ -109,10 +123,11 @@ func (p *pendingMap) failAll(err error, closing bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.closed = p.closed || closing
-	for id, ch := range p.waiting {
+	for id, w := range p.waiting {
 		delete(p.waiting, id)
 		p.remember(id, abandoned)
-		ch <- result{err: err}
+		w.ch <- result{err: err}
+		w.stop()
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/mqttgw/mqttgw/api"
+	"github.com/mqttgw/mqttgw/broker"
 	"github.com/mqttgw/mqttgw/gateway"
 )
 
@@ -48,6 +49,13 @@ type config struct {
 	MQTTTLSAddr   string
 	// TLS serves HTTPS and the embedded broker's TLS listeners.
 	TLS *tls.Config
+	// MaxReply bounds a reply in bytes.
+	MaxReply int
+	// BrokerKeepAlive is the keep-alive of the external broker link.
+	BrokerKeepAlive time.Duration
+	// MQTT holds the embedded broker's connection limits; its addresses,
+	// TLS, users file and prefix are set from the fields above.
+	MQTT broker.Config
 }
 
 const envPrefix = "MQTTGW_"
@@ -61,6 +69,9 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	cfg := config{API: api.DefaultConfig()}
 	maxBody := byteSize(cfg.API.MaxBody)
 	maxHeader := byteSize(64 << 10)
+	maxReply := byteSize(gateway.DefaultMaxReply)
+	writeBuffer := byteSize(8 << 20)
+	slow := string(broker.SlowDrop)
 	var brokerCA, brokerCert, brokerKey, tlsCert, tlsKey, trustedProxies string
 	qos := uint(cfg.API.DefaultQoS)
 
@@ -70,6 +81,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.StringVar(&cfg.Broker, "broker", "embedded", `"embedded" to run the MQTT v5 broker in-process, or an external broker URL: mqtt://host:port, mqtts://host:port, ws://host:port/path or wss://host:port/path`)
 	fs.StringVar(&cfg.BrokerUsername, "broker-username", "", "username for the external broker")
 	fs.StringVar(&cfg.BrokerPassword, "broker-password", "", "password for the external broker (prefer the environment variable)")
+	fs.DurationVar(&cfg.BrokerKeepAlive, "broker-keepalive", gateway.DefaultBrokerKeepAlive*time.Second, "keep-alive of the external broker connection, whole seconds; a broker that stops answering is noticed within twice this")
 	fs.StringVar(&brokerCA, "broker-ca", "", "PEM file of CA certificates to verify an mqtts:// or wss:// broker (default: the system's)")
 	fs.StringVar(&brokerCert, "broker-cert", "", "PEM client certificate for an mqtts:// or wss:// broker (with --broker-key)")
 	fs.StringVar(&brokerKey, "broker-key", "", "PEM private key of --broker-cert")
@@ -80,6 +92,12 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	fs.UintVar(&qos, "qos", qos, "default QoS of requests: 0, 1 or 2 (a request's ?qos overrides it)")
 	fs.Var(&maxBody, "max-body", "largest request body, e.g. 1MiB, 512KiB or 65536 (bytes)")
 	fs.Var(&maxHeader, "max-header-bytes", "largest size of a request's headers, request line included")
+	fs.Var(&maxReply, "max-reply", "largest reply (payload, content type and user properties); a larger one is a 502")
+	fs.DurationVar(&cfg.MQTT.ConnectTimeout, "mqtt-connect-timeout", 5*time.Second, "embedded broker: time for a client's TLS or WebSocket handshake, then for its CONNECT")
+	fs.DurationVar(&cfg.MQTT.MaxKeepAlive, "mqtt-max-keepalive", 120*time.Second, "embedded broker: longest client keep-alive, whole seconds; a client asking for none or more gets this one")
+	fs.Var(&writeBuffer, "mqtt-write-buffer", "embedded broker: most bytes queued for one client (at least the largest packet: --max-body or --max-reply, plus 64KiB)")
+	fs.DurationVar(&cfg.MQTT.WriteTimeout, "mqtt-write-timeout", 30*time.Second, "embedded broker: a client that takes no bytes for this long is disconnected")
+	fs.StringVar(&slow, "mqtt-slow-subscriber", slow, "embedded broker: what to do when a client's write buffer can't take another packet: drop (deliveries to it, counted) or disconnect")
 	fs.IntVar(&cfg.API.MaxInflight, "max-inflight", cfg.API.MaxInflight, "most RPC requests served at once (default 1024 per CPU); beyond it 503 at once")
 	fs.StringVar(&trustedProxies, "trusted-proxies", "", "comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For names the client (logs)")
 	fs.StringVar(&cfg.AuthFile, "auth-file", "", "YAML file of API keys (SHA-256 hashed) and the topic filters each may publish to; reloaded on SIGHUP; \"\" = no authentication")
@@ -110,6 +128,25 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	}
 	cfg.API.MaxBody = int64(maxBody)
 	cfg.MaxHeaderBytes = int(maxHeader)
+	cfg.MaxReply = int(maxReply)
+	// The largest packet a client may send: a request on its way to a
+	// responder, or a reply, with room for topic and properties.
+	cfg.MQTT.MaxPacketSize = int(max(maxBody, maxReply)) + 64<<10
+	cfg.MQTT.WriteBuffer = int(writeBuffer)
+	cfg.MQTT.SlowSubscribers = broker.SlowPolicy(slow)
+	// Zero would mean "the default" to the broker; as a flag it is a mistake.
+	if cfg.MQTT.ConnectTimeout <= 0 || cfg.MQTT.WriteTimeout <= 0 {
+		return cfg, errors.New("--mqtt-connect-timeout and --mqtt-write-timeout must be positive")
+	}
+	if cfg.MQTT.MaxKeepAlive%time.Second != 0 || cfg.MQTT.MaxKeepAlive <= 0 {
+		return cfg, fmt.Errorf("--mqtt-max-keepalive %s: the keep-alive must be whole seconds from 1s to 65535s", cfg.MQTT.MaxKeepAlive)
+	}
+	if err := cfg.MQTT.Validate(); err != nil {
+		return cfg, fmt.Errorf("embedded broker: %w (see --mqtt-* flags)", err)
+	}
+	if cfg.BrokerKeepAlive < time.Second || cfg.BrokerKeepAlive > 65535*time.Second || cfg.BrokerKeepAlive%time.Second != 0 {
+		return cfg, fmt.Errorf("--broker-keepalive %s must be whole seconds from 1s to 65535s", cfg.BrokerKeepAlive)
+	}
 	if cfg.API.TrustedProxies, err = parsePrefixes(trustedProxies); err != nil {
 		return cfg, fmt.Errorf("--trusted-proxies: %w", err)
 	}
@@ -141,7 +178,14 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	if cfg.Broker != "embedded" {
 		u, err := url.Parse(cfg.Broker)
 		if err != nil || u.Host == "" || !slices.Contains([]string{"mqtt", "mqtts", "ws", "wss"}, u.Scheme) {
-			return cfg, fmt.Errorf("--broker %q: want embedded or a URL such as mqtt://broker:1883, mqtts://…, ws://…/mqtt or wss://…", cfg.Broker)
+			// Not echoed: a URL that doesn't parse can't be redacted,
+			// and it may hold a password.
+			return cfg, errors.New("--broker: want embedded or a URL such as mqtt://broker:1883, mqtts://…, ws://…/mqtt or wss://…")
+		}
+		if u.User != nil {
+			// Refused rather than used: a URL ends up in logs, process
+			// lists and shell histories.
+			return cfg, fmt.Errorf("--broker %s: credentials don't go in the URL; use --broker-username and MQTTGW_BROKER_PASSWORD", u.Redacted())
 		}
 		cfg.BrokerURL = u
 		if u.Scheme == "mqtts" || u.Scheme == "wss" {

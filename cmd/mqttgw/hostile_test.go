@@ -23,6 +23,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/mqttgw/mqttgw/api"
+	"github.com/mqttgw/mqttgw/gateway"
 	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
 
@@ -250,20 +251,42 @@ func TestHostileResponder(t *testing.T) {
 		}
 	})
 
-	t.Run("8 MiB reply", func(t *testing.T) {
-		huge := make([]byte, 8<<20)
-		for i := range huge {
-			huge[i] = byte(i * 7 / 3)
-		}
-		gatewaytest.StartResponder(t, brokerURL, "hostile/huge", 1, func(*paho.Publish) *paho.Publish {
+	t.Run("replies up to and above --max-reply", func(t *testing.T) {
+		// The request body is the reply's size.
+		gatewaytest.StartResponder(t, brokerURL, "hostile/huge", 1, func(req *paho.Publish) *paho.Publish {
+			n, _ := strconv.Atoi(string(req.Payload))
+			huge := make([]byte, n)
+			for i := range huge {
+				huge[i] = byte(i * 7 / 3)
+			}
 			return &paho.Publish{QoS: 1, Payload: huge}
 		})
-		r := post(t, base+"/rpc/hostile/huge?timeout=30s", strings.NewReader("q"))
-		if r.status != 200 || !bytes.Equal(r.body, huge) {
-			t.Fatalf("got %d and %d bytes, want 200 and the %d bytes sent", r.status, len(r.body), len(huge))
+		limit := gateway.DefaultMaxReply
+		r := post(t, base+"/rpc/hostile/huge?timeout=30s", strings.NewReader(strconv.Itoa(limit)))
+		if r.status != 200 || len(r.body) != limit || r.body[limit-1] != byte((limit-1)*7/3) {
+			t.Fatalf("reply of --max-reply bytes: got %d and %d bytes, want 200 and the %d bytes sent", r.status, len(r.body), limit)
 		}
-		if cl, ct := r.header.Get("Content-Length"), r.header.Get("Content-Type"); cl != strconv.Itoa(len(huge)) || ct != "application/octet-stream" {
+		if cl, ct := r.header.Get("Content-Length"), r.header.Get("Content-Type"); cl != strconv.Itoa(limit) || ct != "application/octet-stream" {
 			t.Fatalf("Content-Length %q, Content-Type %q", cl, ct)
+		}
+
+		before := a.gw.Stats().Oversized
+		r = post(t, base+"/rpc/hostile/huge?timeout=30s", strings.NewReader(strconv.Itoa(limit+1)))
+		wantProblem(t, r, 502, "reply-too-large", fmt.Sprintf("%d bytes; at most %d", limit+1, limit))
+		if got := a.gw.Stats().Oversized; got != before+1 {
+			t.Fatalf("oversized replies counted %d, want %d", got, before+1)
+		}
+
+		// Above the broker's Maximum Packet Size (the larger of
+		// --max-body and --max-reply, plus 64 KiB) the reply never gets
+		// in: the broker disconnects the responder (0x95), and the
+		// request times out.
+		r = post(t, base+"/rpc/hostile/huge?timeout=2s", strings.NewReader(strconv.Itoa(8<<20)))
+		wantProblem(t, r, 504, "timeout", "2s")
+		req, _ := http.NewRequest(http.MethodGet, base+"/metrics", nil)
+		m := do(t, req)
+		if !strings.Contains(string(m.body), "mqttgw_embedded_broker_oversized_packets_total 1") {
+			t.Fatal("the 8 MiB reply was not counted as an oversized packet")
 		}
 	})
 

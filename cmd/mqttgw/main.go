@@ -78,6 +78,7 @@ type app struct {
 // ":0" resolves to a real port), then starts broker → gateway → HTTP.
 func start(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error) {
 	a := &app{cfg: cfg, log: log, served: make(chan error, 1)}
+	raiseFileLimit(log)
 	var closers []func()
 	defer func() {
 		if err != nil {
@@ -102,6 +103,7 @@ func start(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error
 		ResponsePrefix: cfg.ResponsePrefix,
 		InstanceID:     cfg.InstanceID,
 		DefaultTimeout: cfg.API.DefaultTimeout,
+		MaxReply:       cfg.MaxReply,
 		Logger:         log.With("component", "gateway"),
 	}, transport)
 	if err != nil {
@@ -129,7 +131,7 @@ func start(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error
 	} else if ip := net.ParseIP(hostOf(a.httpAddr)); ip == nil || !ip.IsLoopback() {
 		log.Warn("the HTTP API is open: anyone who can reach " + a.httpAddr + " may publish on any topic; set --auth-file, or listen on 127.0.0.1")
 	}
-	a.api = api.NewServer(log.With("component", "api"), a.gw, apiCfg)
+	a.api = api.NewServer(log.With("component", "api"), readiness{a.gw, a.broker}, apiCfg)
 	a.http = &http.Server{
 		Handler: a.api,
 		// Slow clients can't hold a connection by trickling headers, nor
@@ -167,23 +169,20 @@ func start(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error
 func (a *app) transport(cfg config, log *slog.Logger, closers *[]func()) (gateway.Transport, error) {
 	if cfg.BrokerURL != nil {
 		return gateway.Dial(gateway.BrokerConfig{
-			URL:      cfg.BrokerURL,
-			ClientID: "mqttgw-" + cfg.InstanceID,
-			Username: cfg.BrokerUsername,
-			Password: cfg.BrokerPassword,
-			TLS:      cfg.BrokerTLS,
-			Logger:   log.With("component", "mqtt-client"),
+			URL:       cfg.BrokerURL,
+			ClientID:  "mqttgw-" + cfg.InstanceID,
+			Username:  cfg.BrokerUsername,
+			Password:  cfg.BrokerPassword,
+			TLS:       cfg.BrokerTLS,
+			KeepAlive: uint16(cfg.BrokerKeepAlive / time.Second),
+			Logger:    log.With("component", "mqtt-client"),
 		})
 	}
-	b, err := broker.New(broker.Config{
-		TCPAddr:        cfg.MQTTAddr,
-		WSAddr:         cfg.WSAddr,
-		TLSAddr:        cfg.MQTTTLSAddr,
-		TLS:            cfg.TLS,
-		UsersFile:      cfg.MQTTUsersFile,
-		ResponsePrefix: cfg.ResponsePrefix,
-		Logger:         log.With("component", "broker"),
-	})
+	bc := cfg.MQTT
+	bc.TCPAddr, bc.WSAddr, bc.TLSAddr, bc.TLS = cfg.MQTTAddr, cfg.WSAddr, cfg.MQTTTLSAddr, cfg.TLS
+	bc.UsersFile, bc.ResponsePrefix = cfg.MQTTUsersFile, cfg.ResponsePrefix
+	bc.Logger = log.With("component", "broker")
+	b, err := broker.New(bc)
 	if err != nil {
 		return nil, err
 	}
@@ -212,6 +211,25 @@ func (a *app) reload() {
 			a.log.Info("reloaded --mqtt-users-file")
 		}
 	}
+}
+
+// readiness is ready when the gateway is and, with the embedded broker,
+// while every MQTT listener still accepts connections.
+type readiness struct {
+	*gateway.Gateway
+	broker *broker.Broker // nil with an external broker
+}
+
+func (r readiness) Ready() error {
+	if err := r.Gateway.Ready(); err != nil {
+		return err
+	}
+	if r.broker != nil {
+		if err := r.broker.Ready(); err != nil {
+			return fmt.Errorf("%w: %w", gateway.ErrNotConnected, err)
+		}
+	}
+	return nil
 }
 
 func hostOf(addr string) string {

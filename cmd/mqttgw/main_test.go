@@ -244,8 +244,8 @@ func TestEndToEnd(t *testing.T) {
 		{"invalid utf8", "/rpc/a%FFb", "invalid-topic", "UTF-8", nil},
 		{"noncharacter", "/rpc/a%EF%BF%BF", "invalid-topic", "non-character", nil},
 		{"response prefix", "/rpc/mqttgw/reply/x", "invalid-topic", "mqttgw/reply", nil},
-		{"zero timeout", "/rpc/svc/echo?timeout=0", "invalid-parameter", "positive", nil},
-		{"negative timeout", "/rpc/svc/echo?timeout=-1s", "invalid-parameter", "positive", nil},
+		{"zero timeout", "/rpc/svc/echo?timeout=0", "invalid-parameter", "minimum of 1ms", nil},
+		{"negative timeout", "/rpc/svc/echo?timeout=-1s", "invalid-parameter", "from 1ms", nil},
 		{"empty timeout", "/rpc/svc/echo?timeout=", "invalid-parameter", "timeout", nil},
 		{"garbage timeout", "/rpc/svc/echo?timeout=soon", "invalid-parameter", "timeout", nil},
 		{"NaN timeout", "/rpc/svc/echo?timeout=NaN", "invalid-parameter", "timeout", nil},
@@ -457,6 +457,13 @@ func TestConfig(t *testing.T) {
 		{[]string{"extra"}, nil, "unexpected argument"},
 		{[]string{"--nope"}, nil, "nope"},
 		{nil, map[string]string{"MQTTGW_TIMEOUT": "soon"}, "MQTTGW_TIMEOUT"},
+		{[]string{"--mqtt-write-buffer", "64KiB"}, nil, "write buffer"},
+		{[]string{"--mqtt-slow-subscriber", "ignore"}, nil, "slow subscriber"},
+		{[]string{"--mqtt-max-keepalive", "0s"}, nil, "keep-alive"},
+		{[]string{"--mqtt-max-keepalive", "100000s"}, nil, "keep-alive"},
+		{[]string{"--broker-keepalive", "1500ms"}, nil, "broker-keepalive"},
+		{[]string{"--broker-keepalive", "0s"}, nil, "broker-keepalive"},
+		{[]string{"--max-reply", "0"}, nil, "max-reply"},
 	} {
 		_, err := parseConfig(tt.args, func(k string) string { return tt.env[k] }, io.Discard)
 		if tt.want == "" {
@@ -465,6 +472,38 @@ func TestConfig(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("parseConfig(%v, %v) = %v, want error mentioning %q", tt.args, tt.env, err, tt.want)
 		}
+	}
+}
+
+// A password given in --broker never shows in an error: such a URL is
+// refused, and one that doesn't parse is not echoed.
+func TestBrokerURLCredentialsAreRefused(t *testing.T) {
+	for _, u := range []string{"mqtt://user:s3cret@broker:1883", "mqtt://user:s3cret@bro ker:1883", "mqtt://user:s3cret@%zz"} {
+		_, err := parseConfig([]string{"--broker", u}, func(string) string { return "" }, io.Discard)
+		if err == nil || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("--broker %q: %v; want an error that does not show the password", u, err)
+		}
+	}
+	_, err := parseConfig([]string{"--broker", "mqtt://user:s3cret@broker:1883"}, func(string) string { return "" }, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--broker-username") {
+		t.Errorf("got %v, want it to point at --broker-username", err)
+	}
+}
+
+// The limits flags reach the embedded broker: the largest packet follows
+// --max-body and --max-reply.
+func TestBrokerLimitsFlags(t *testing.T) {
+	cfg, err := parseConfig([]string{"--max-body", "2MiB", "--max-reply", "1MiB", "--mqtt-write-buffer", "3MiB",
+		"--mqtt-slow-subscriber", "disconnect", "--mqtt-max-keepalive", "30s", "--mqtt-connect-timeout", "2s",
+		"--mqtt-write-timeout", "9s", "--broker-keepalive", "3s"}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := cfg.MQTT
+	if m.MaxPacketSize != 2<<20+64<<10 || m.WriteBuffer != 3<<20 || m.SlowSubscribers != "disconnect" ||
+		m.MaxKeepAlive != 30*time.Second || m.ConnectTimeout != 2*time.Second || m.WriteTimeout != 9*time.Second ||
+		cfg.MaxReply != 1<<20 || cfg.BrokerKeepAlive != 3*time.Second {
+		t.Fatalf("limits not applied: %+v, max reply %d, broker keep-alive %s", m, cfg.MaxReply, cfg.BrokerKeepAlive)
 	}
 }
 
@@ -484,7 +523,9 @@ func TestHelpListsEveryFlag(t *testing.T) {
 	for _, f := range []string{"http-addr", "broker", "mqtt-addr", "ws-addr", "timeout", "max-timeout", "qos", "max-body",
 		"instance-id", "response-prefix", "shutdown-grace", "shutdown-delay", "log-level", "log-format",
 		"broker-username", "broker-password", "broker-ca", "broker-cert", "broker-key", "max-header-bytes",
-		"max-inflight", "trusted-proxies", "auth-file", "mqtt-users-file", "mqtt-tls-addr", "tls-cert", "tls-key"} {
+		"max-inflight", "trusted-proxies", "auth-file", "mqtt-users-file", "mqtt-tls-addr", "tls-cert", "tls-key",
+		"max-reply", "broker-keepalive", "mqtt-connect-timeout", "mqtt-max-keepalive", "mqtt-write-buffer",
+		"mqtt-write-timeout", "mqtt-slow-subscriber"} {
 		if !strings.Contains(out.String(), "--"+f+" ") || !strings.Contains(out.String(), envName(f)) {
 			t.Errorf("--help lacks --%s or %s:\n%s", f, envName(f), out.String())
 		}

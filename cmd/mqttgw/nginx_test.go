@@ -130,7 +130,7 @@ func TestBehindNginx(t *testing.T) {
 		}
 		wantProblem(t, nginxSend(t, client, http.MethodPost, base+"/rpc/a%2Bb", "x"), 400, "invalid-topic", "wildcard")
 		// The query string comes along too.
-		wantProblem(t, nginxSend(t, client, http.MethodPost, base+"/rpc/svc/echo?timeout=0", "x"), 400, "invalid-parameter", "positive")
+		wantProblem(t, nginxSend(t, client, http.MethodPost, base+"/rpc/svc/echo?timeout=0", "x"), 400, "invalid-parameter", "minimum of 1ms")
 	})
 	t.Run("under /api/ only after normalization", func(t *testing.T) {
 		// nginx matches location /api/ on the normalized path, but

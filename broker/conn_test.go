@@ -1,0 +1,226 @@
+package broker
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+func testLimits() *connLimits {
+	return &connLimits{
+		connectTimeout: 5 * time.Second, maxConnect: 1 << 10, maxPacket: 1 << 20,
+		writeBuffer: 2 << 20, writeTimeout: time.Second, stats: &connStats{}, conns: &connSet{},
+	}
+}
+
+// pipe returns a conn around one end of a connection and the other end.
+func pipe(t *testing.T, lim *connLimits) (*conn, net.Conn) {
+	t.Helper()
+	a, b := net.Pipe()
+	c := newConn(a, "test", lim)
+	t.Cleanup(func() {
+		c.Close()
+		b.Close()
+		lim.conns.close()
+	})
+	return c, b
+}
+
+// connectPacket is a minimal MQTT v5 CONNECT with keep-alive 0.
+var connectPacket = []byte{0x10, 13, 0, 4, 'M', 'Q', 'T', 'T', 5, 2, 0, 0, 0, 0, 0}
+
+func TestConnHandsOutOnlyWholePackets(t *testing.T) {
+	c, peer := pipe(t, testLimits())
+	go func() {
+		// CONNECT, then a PUBLISH in three pieces.
+		peer.Write(connectPacket)
+		publish := append([]byte{0x30, 7, 0, 1, 't'}, "abcd"...)
+		for _, part := range [][]byte{publish[:1], publish[1:4], publish[4:]} {
+			time.Sleep(10 * time.Millisecond)
+			peer.Write(part)
+		}
+	}()
+	got := make([]byte, 64)
+	n, err := io.ReadAtLeast(c, got, len(connectPacket))
+	if err != nil || !bytes.Equal(got[:n], connectPacket) {
+		t.Fatalf("first read %x, %v; want the CONNECT alone", got[:n], err)
+	}
+	n, err = c.Read(got)
+	if err != nil || n != 9 {
+		t.Fatalf("second read %d bytes (%x), %v; want the whole 9-byte PUBLISH at once", n, got[:n], err)
+	}
+}
+
+// A header may claim any size: the buffer grows with what arrives.
+func TestConnBufferFollowsArrivedBytes(t *testing.T) {
+	c, peer := pipe(t, testLimits())
+	go func() {
+		peer.Write(connectPacket)
+		peer.Write([]byte{0x30, 0xff, 0xff, 0x3f}) // claims 1 MiB - 1
+		peer.Write(make([]byte, 100))
+	}()
+	buf := make([]byte, 64)
+	if _, err := io.ReadAtLeast(c, buf, len(connectPacket)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.Read(buf) // blocks: the PUBLISH is not all there
+	}()
+	time.Sleep(50 * time.Millisecond)
+	peer.Close()
+	<-done
+	if got := cap(c.buf); got > 4*readChunk {
+		t.Fatalf("buffer capacity %d after 104 bytes of a 1 MiB packet; want it to follow the bytes received", got)
+	}
+}
+
+func TestConnRefusesOversizedConnect(t *testing.T) {
+	lim := testLimits()
+	c, peer := pipe(t, lim)
+	go peer.Write([]byte{0x10, 0xff, 0xff, 0xff, 0x7f})
+	_, err := c.Read(make([]byte, 64))
+	if !errors.Is(err, errConnectTooLarge) {
+		t.Fatalf("read: %v, want errConnectTooLarge", err)
+	}
+	if lim.stats.oversized.Load() != 1 {
+		t.Fatal("oversized CONNECT not counted")
+	}
+}
+
+// A later packet above the maximum goes to mochi as a bare header, which
+// it refuses without allocating (it knows the same maximum).
+func TestConnPassesOversizedHeaderOn(t *testing.T) {
+	lim := testLimits()
+	c, peer := pipe(t, lim)
+	go func() {
+		peer.Write(connectPacket)
+		peer.Write([]byte{0x30, 0xff, 0xff, 0xff, 0x7f})
+	}()
+	buf := make([]byte, 64)
+	n, err := io.ReadAtLeast(c, buf, len(connectPacket)+5)
+	if err != nil || !bytes.Equal(buf[len(connectPacket):n], []byte{0x30, 0xff, 0xff, 0xff, 0x7f}) {
+		t.Fatalf("read %x, %v", buf[:n], err)
+	}
+	if lim.stats.oversized.Load() != 1 {
+		t.Fatal("oversized packet not counted")
+	}
+}
+
+func TestConnWriteNeverBlocks(t *testing.T) {
+	lim := testLimits()
+	lim.writeBuffer = 64 << 10
+	c, _ := pipe(t, lim) // nobody reads the other end
+	start := time.Now()
+	var err error
+	for i := 0; i < 100 && err == nil; i++ {
+		_, err = c.Write(make([]byte, 4<<10))
+	}
+	if !errors.Is(err, errWriteBufferFull) {
+		t.Fatalf("writes to a peer that never reads: %v, want errWriteBufferFull", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("writes took %s; they must never block", d)
+	}
+	if lim.stats.slowDisconnects.Load() != 1 {
+		t.Fatal("disconnect not counted")
+	}
+}
+
+func TestConnWriteTimeout(t *testing.T) {
+	lim := testLimits()
+	lim.writeTimeout = 100 * time.Millisecond
+	c, _ := pipe(t, lim)
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-c.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("writer still waiting on a peer that takes nothing")
+	}
+	if lim.stats.writeTimeouts.Load() != 1 {
+		t.Fatal("write timeout not counted")
+	}
+	if _, err := c.Write([]byte("x")); err == nil {
+		t.Fatal("write after the timeout succeeded")
+	}
+}
+
+// flakyListener fails its first Accepts as a process out of descriptors.
+type flakyListener struct {
+	net.Listener
+	fails int
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.fails > 0 {
+		l.fails--
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: syscall.EMFILE}
+	}
+	return l.Listener.Accept()
+}
+
+func TestListenerRetriesAcceptErrors(t *testing.T) {
+	stats := &connStats{}
+	l := newTCPListener("t", "127.0.0.1:0", nil, time.Second, stats)
+	if err := l.Init(slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	l.ln = &flakyListener{Listener: l.ln, fails: 5}
+	accepted := make(chan net.Conn, 1)
+	go l.Serve(func(_ string, c net.Conn) error {
+		accepted <- c
+		return nil
+	})
+	defer l.Close(func(string) {})
+	c, err := net.Dial("tcp", l.Address())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no connection accepted after EMFILE")
+	}
+	if stats.acceptErrors.Load() != 5 || l.Err() != nil {
+		t.Fatalf("accept errors %d, Err %v; want 5 retried and none fatal", stats.acceptErrors.Load(), l.Err())
+	}
+}
+
+// A listener whose socket is gone stops, and the broker is not ready.
+func TestDeadListenerMakesBrokerUnready(t *testing.T) {
+	b, err := New(Config{TCPAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Ready(); err != nil {
+		t.Fatalf("fresh broker not ready: %v", err)
+	}
+	b.tcp.ln.Close() // as if the socket failed for good
+	deadline := time.Now().Add(5 * time.Second)
+	for b.Ready() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("broker still ready with a dead listener")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := b.Ready(); !bytes.Contains([]byte(err.Error()), []byte("mqtt listener tcp")) {
+		t.Fatalf("Ready: %v; want it to name the listener", err)
+	}
+}
+
+var _ listeners.Listener = (*tcpListener)(nil)

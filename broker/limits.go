@@ -1,0 +1,87 @@
+package broker
+
+import (
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// limitsHook announces and enforces the broker's limits that mochi has
+// no setting for. It answers no auth or ACL question, so it can sit next
+// to accessHook (mochi ORs those answers).
+type limitsHook struct {
+	mqtt.HookBase
+	// maxKeepAlive is the longest keep-alive, in seconds, a client may
+	// have; one that asks for none or a longer one gets this one.
+	maxKeepAlive uint16
+	// maxPacket is announced in CONNACK as the Maximum Packet Size.
+	maxPacket uint32
+}
+
+func (h *limitsHook) ID() string { return "mqttgw-limits" }
+
+func (h *limitsHook) Provides(b byte) bool {
+	// Asked for every packet sent: a switch, not a slice search.
+	switch b {
+	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped:
+		return true
+	}
+	return false
+}
+
+// OnQosPublish counts a QoS 1 or 2 delivery against its client's memory
+// until it is acknowledged: mochi bounds what it keeps per client by
+// count (8192 messages), not by bytes. Inbound QoS flows pass here with
+// their acknowledgement, which is no PUBLISH, and are not counted.
+func (h *limitsHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
+	if c, ok := cl.Net.Conn.(*conn); ok && pk.FixedHeader.Type == packets.Publish {
+		c.holdUnacked(pk.PacketID, publishSize(pk))
+	}
+}
+
+// OnQosComplete releases an acknowledged delivery.
+func (h *limitsHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	if c, ok := cl.Net.Conn.(*conn); ok {
+		c.releaseUnacked(pk.PacketID)
+	}
+}
+
+// OnQosDropped releases a delivery mochi gave up on.
+func (h *limitsHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if c, ok := cl.Net.Conn.(*conn); ok {
+		c.releaseUnacked(pk.PacketID)
+	}
+}
+
+// publishSize is about what a PUBLISH costs in memory.
+func publishSize(pk packets.Packet) int {
+	n := 64 + len(pk.TopicName) + len(pk.Payload) + len(pk.Properties.ContentType) +
+		len(pk.Properties.ResponseTopic) + len(pk.Properties.CorrelationData)
+	for _, u := range pk.Properties.User {
+		n += len(u.Key) + len(u.Val)
+	}
+	return n
+}
+
+// OnConnect sets a server keep-alive [MQTT-3.2.2-21] on a client that asked
+// for none (which mochi takes as "never time out") or for more than the
+// maximum. mochi applies it as a read deadline of 1.5 times its value, and
+// announces it in CONNACK as Server Keep Alive; MQTT 3.1.1 has no way to
+// tell the client, which must then ping at least that often anyway.
+func (h *limitsHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	if ka := cl.State.Keepalive; ka == 0 || ka > h.maxKeepAlive {
+		cl.State.Keepalive = h.maxKeepAlive
+		cl.State.ServerKeepalive = true
+	}
+	return nil
+}
+
+// OnPacketEncode announces the Maximum Packet Size in CONNACK
+// [MQTT-3.2.2.3.6], which mochi enforces but doesn't announce: clients
+// that know it refuse oversized publishes themselves instead of being
+// disconnected for them.
+func (h *limitsHook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack {
+		pk.Properties.MaximumPacketSize = h.maxPacket
+	}
+	return pk
+}

@@ -1,0 +1,184 @@
+package main
+
+// The gateway process against peers that starve it: descriptors run out,
+// the external broker freezes or takes the gateway's client id, secrets
+// are offered to its logs.
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
+)
+
+// Once the process had run out of file descriptors, mochi's accept loop
+// had returned for good: responders that reconnected were locked out while
+// /readyz stayed 200.
+func TestRecoversFromRunningOutOfFileDescriptors(t *testing.T) {
+	bin := binary(t, "mqttgw")
+	httpAddr, mqttAddr := freePort(t), freePort(t)
+	logs := &syncBuffer{}
+	// sh sets the hard limit too, which the gateway can't raise past.
+	cmd := exec.Command("sh", "-c", `ulimit -n 48 && exec "$0" "$@"`, bin,
+		"--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--log-format", "json",
+		"--mqtt-connect-timeout", "60s") // the silent connections stay until the test closes them
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("gateway log:\n%s", logs.String())
+		}
+	})
+	base := "http://" + httpAddr
+	waitReady(t, base)
+	if !strings.Contains(logs.String(), `"msg":"open-file limit","soft":48,"hard":48`) {
+		t.Fatalf("the open-file limits are not logged:\n%s", logs.String())
+	}
+
+	// Silent MQTT connections until the process has no descriptor left:
+	// the kernel completes them all, the gateway can't accept the rest.
+	var conns []net.Conn
+	for range 80 {
+		c, err := net.Dial("tcp", mqttAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	waitUntil(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), "mqtt accept failed; retrying") })
+	for _, c := range conns {
+		c.Close()
+	}
+
+	// Both listeners serve again: HTTP, and MQTT for a responder that
+	// connects now.
+	waitReady(t, base)
+	gatewaytest.StartResponder(t, "mqtt://"+mqttAddr, "svc/echo", 1, gatewaytest.Echo)
+	r := post(t, base+"/rpc/svc/echo?timeout=5s", strings.NewReader("back"))
+	if r.status != 200 || string(r.body) != "back" {
+		t.Fatalf("after running out of descriptors: %d %q", r.status, r.body)
+	}
+	waitUntil(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), "mqtt accept recovered") })
+}
+
+// A frozen broker (SIGSTOP) went unnoticed for 60 s: requests waited for
+// their own timeout instead of failing fast.
+func TestMosquittoFrozen(t *testing.T) {
+	m := startMosquitto(t)
+	_, base := mustStart(t, testConfig(t, "--broker", m.URL(), "--broker-keepalive", "1s"))
+	gatewaytest.StartResponder(t, m.URL(), "svc/echo", 1, gatewaytest.Echo)
+	if r := post(t, base+"/rpc/svc/echo", strings.NewReader("x")); r.status != 200 {
+		t.Fatalf("before the freeze: %d %s", r.status, r.body)
+	}
+
+	if err := m.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer m.cmd.Process.Signal(syscall.SIGCONT)
+	frozen := time.Now()
+	r := post(t, base+"/rpc/svc/echo?timeout=30s", strings.NewReader("x"))
+	// Two keep-alives, and a little for the scheduler.
+	if d := time.Since(frozen); d > 4*time.Second {
+		t.Fatalf("a request to a frozen broker took %s; it should fail within two keep-alives", d)
+	}
+	wantProblem(t, r, 503, "broker-unavailable", "")
+	req, _ := http.NewRequest(http.MethodGet, base+"/readyz", nil)
+	wantProblem(t, do(t, req), 503, "broker-unavailable", "")
+
+	m.cmd.Process.Signal(syscall.SIGCONT)
+	waitReady(t, base)
+}
+
+// Anyone who may connect to the broker can read the gateway's client id
+// from a request's Response Topic and take the session over; the log must
+// say so (and the README what to do about it). An mqttgw with its
+// embedded broker plays the external broker: it sends DISCONNECT 0x8E as
+// MQTT v5 asks; mosquitto 2.0 just closes the connection, which the log
+// names too.
+func TestClientIDTakeoverIsLogged(t *testing.T) {
+	for _, brokerKind := range []string{"mochi", "mosquitto"} {
+		t.Run(brokerKind, func(t *testing.T) {
+			var brokerURL string
+			if brokerKind == "mosquitto" {
+				brokerURL = startMosquitto(t).URL()
+			} else {
+				ext, _ := mustStart(t, testConfig(t))
+				brokerURL = "mqtt://" + ext.broker.Addr()
+			}
+			// A prefix of its own: the embedded broker keeps its own
+			// response prefix unreadable to network clients.
+			cfg := testConfig(t, "--broker", brokerURL, "--response-prefix", "gw2/reply")
+			_, base, logs := startLogged(t, cfg)
+
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			u, _ := url.Parse(brokerURL)
+			cm, err := autopaho.NewConnection(ctx, autopaho.ClientConfig{
+				ServerUrls: []*url.URL{u}, KeepAlive: 30, CleanStartOnInitialConnection: true,
+				ClientConfig: paho.ClientConfig{ClientID: "mqttgw-" + cfg.InstanceID},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cm.AwaitConnection(ctx); err != nil {
+				t.Fatal(err)
+			}
+			cm.Disconnect(ctx)
+
+			waitUntil(t, 10*time.Second, func() bool {
+				if brokerKind == "mosquitto" {
+					for _, l := range logLines(t, logs, "broker connection failed") {
+						if strings.Contains(fmt.Sprint(l["error"]), "is another client using client id mqttgw-"+cfg.InstanceID) {
+							return true
+						}
+					}
+					return false
+				}
+				for _, l := range logLines(t, logs, "broker disconnected the gateway") {
+					if l["reason_code"] == "0x8E" && strings.Contains(fmt.Sprint(l["reason"]), "Session taken over") {
+						return true
+					}
+				}
+				return false
+			})
+			waitReady(t, base) // and it comes back
+		})
+	}
+}
+
+// A password is never logged, however often the connection fails.
+func TestBrokerPasswordNeverLogged(t *testing.T) {
+	dead := freePort(t) // nothing listens there
+	cfg := testConfig(t, "--broker", "mqtt://"+dead, "--broker-username", "gw", "--broker-password", "pa55-w0rd-x", "--log-level", "debug")
+	logs := &syncBuffer{}
+	launch(t, cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	waitUntil(t, 10*time.Second, func() bool {
+		return len(logLines(t, logs, "broker connection attempt failed")) >= 2
+	})
+	if strings.Contains(logs.String(), "pa55-w0rd-x") {
+		t.Fatalf("the password is in the log:\n%s", logs.String())
+	}
+}
