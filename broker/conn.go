@@ -62,7 +62,6 @@ type connLimits struct {
 	maxPacket      int           // largest packet after CONNECT in bytes
 	writeBuffer    int           // bytes queued for a client at most
 	writeTimeout   time.Duration // a client that takes no bytes this long is disconnected
-	dropSlow       bool          // drop deliveries to a congested client rather than disconnect it
 	stats          *connStats
 	conns          *connSet
 }

@@ -83,25 +83,25 @@ func (e endpoint) dial(t *testing.T, rcvbuf int) net.Conn {
 }
 
 // hostileBrokers starts two brokers with cfg's limits, one with plain TCP
-// and WebSocket listeners and one with TLS and secure WebSocket ones, and
-// a gateway on the first; it returns the four endpoints.
-func hostileBrokers(t *testing.T, cfg broker.Config) ([]endpoint, []*broker.Broker, *gateway.Gateway) {
+// and WebSocket listeners and one with TLS and secure WebSocket ones (and
+// TCP for responders), each with a gateway; it returns the four endpoints.
+func hostileBrokers(t *testing.T, cfg broker.Config) ([]endpoint, []*broker.Broker, []*gateway.Gateway) {
 	t.Helper()
 	serverTLS, clientTLS := testCerts(t)
 	clientTLS.ServerName = "127.0.0.1"
 	plain := cfg
 	plain.TCPAddr, plain.WSAddr = "127.0.0.1:0", "127.0.0.1:0"
-	b1, g := startBroker(t, plain)
+	b1, g1 := startBroker(t, plain)
 	secure := cfg
 	// Its TCP listener is for responders.
 	secure.TCPAddr, secure.TLSAddr, secure.WSAddr, secure.TLS = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", serverTLS
-	b2, _ := startBroker(t, secure)
+	b2, g2 := startBroker(t, secure)
 	return []endpoint{
 		{kind: "tcp", addr: b1.Addr()},
 		{kind: "ws", addr: b1.WSAddr()},
 		{kind: "tls", addr: b2.TLSAddr(), client: clientTLS},
 		{kind: "wss", addr: b2.WSAddr(), client: clientTLS},
-	}, []*broker.Broker{b1, b2}, g
+	}, []*broker.Broker{b1, b2}, []*gateway.Gateway{g1, g2}
 }
 
 // closedWithin fails unless the server closes c within d.
@@ -298,10 +298,10 @@ func TestSubscriberThatDoesNotRead(t *testing.T) {
 		for _, kind := range []string{"tcp", "ws", "tls", "wss"} {
 			t.Run(fmt.Sprintf("%s/%s", policy, kind), func(t *testing.T) {
 				const writeBuffer = 1 << 20
-				eps, brokers, g := hostileBrokers(t, broker.Config{
+				eps, brokers, gws := hostileBrokers(t, broker.Config{
 					MaxPacketSize: 128 << 10, WriteBuffer: writeBuffer, SlowSubscribers: policy,
 				})
-				b := brokers[0]
+				b, g := brokers[0], gws[0]
 				var ep endpoint
 				for _, e := range eps {
 					if e.kind == kind {
@@ -309,8 +309,7 @@ func TestSubscriberThatDoesNotRead(t *testing.T) {
 					}
 				}
 				if kind == "tls" || kind == "wss" {
-					b = brokers[1]
-					g = gatewayOn(t, b)
+					b, g = brokers[1], gws[1]
 				}
 				gatewaytest.StartResponder(t, "mqtt://"+b.Addr(), "svc/echo", 1, gatewaytest.Echo)
 				spy(t, ep)
@@ -366,20 +365,6 @@ func TestSubscriberThatDoesNotRead(t *testing.T) {
 	}
 }
 
-// gatewayOn starts a gateway on b's in-process transport.
-func gatewayOn(t *testing.T, b *broker.Broker) *gateway.Gateway {
-	t.Helper()
-	g, err := gateway.New(gateway.Config{}, b.Transport())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.Close(context.Background()) })
-	return g
-}
-
 func TestSubscriberThatTakesNothingIsDisconnected(t *testing.T) {
 	b, g := startBroker(t, broker.Config{TCPAddr: "127.0.0.1:0", WriteTimeout: 300 * time.Millisecond, MaxPacketSize: 128 << 10, WriteBuffer: 16 << 20})
 	gatewaytest.StartResponder(t, "mqtt://"+b.Addr(), "svc/echo", 1, gatewaytest.Echo)
@@ -408,7 +393,7 @@ func TestSubscriberThatTakesNothingIsDisconnected(t *testing.T) {
 // The WSS listener's TLS errors used to be plain-text lines in a JSON log.
 func TestWebSocketListenerLogsInTheBrokersFormat(t *testing.T) {
 	serverTLS, _ := testCerts(t)
-	var logs syncBuffer
+	var logs gatewaytest.Buffer
 	b, _ := startBroker(t, broker.Config{WSAddr: "127.0.0.1:0", TLS: serverTLS, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	c, err := net.Dial("tcp", b.WSAddr())
 	if err != nil {
@@ -423,22 +408,4 @@ func TestWebSocketListenerLogsInTheBrokersFormat(t *testing.T) {
 			t.Fatalf("log line is not JSON: %s", line)
 		}
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

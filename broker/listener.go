@@ -22,13 +22,10 @@ import (
 // goroutine under a deadline, so that a handshake begun and never finished
 // neither stalls the accept loop nor holds a descriptor for ever.
 type tcpListener struct {
-	id               string
-	address          string
+	listenerBase
 	tls              *tls.Config // nil: plain TCP
 	handshakeTimeout time.Duration
 	stats            *connStats
-	ln               net.Listener
-	log              *slog.Logger
 
 	// ctx ends at Close, and with it the accept backoff and handshakes.
 	ctx    context.Context
@@ -38,31 +35,56 @@ type tcpListener struct {
 	// wg counts Serve and the connections' goroutines; Add only with the
 	// lock held and !closed.
 	wg sync.WaitGroup
+}
+
+// listenerBase is what the broker's listeners share: identity, the bound
+// socket, and whether they still serve.
+type listenerBase struct {
+	id      string
+	address string
+	ln      net.Listener
+	log     *slog.Logger
 	// dead is why Serve stopped without Close; nil while it serves.
 	dead atomic.Pointer[error]
+}
+
+func (l *listenerBase) ID() string { return l.id }
+
+// Address is the bound address once Init has run.
+func (l *listenerBase) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.address
+}
+
+// Err is why the listener stopped serving before Close, or nil.
+func (l *listenerBase) Err() error {
+	if p := l.dead.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// die records that the listener stopped for good, with err.
+func (l *listenerBase) die(err error) {
+	err = fmt.Errorf("mqtt listener %s on %s stopped: %w", l.id, l.Address(), err)
+	l.dead.Store(&err)
+	l.log.Error("mqtt listener stopped; it accepts no more connections", "listener", l.id, "error", err)
 }
 
 var _ listeners.Listener = (*tcpListener)(nil)
 
 func newTCPListener(id, address string, tc *tls.Config, handshakeTimeout time.Duration, stats *connStats) *tcpListener {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &tcpListener{id: id, address: address, tls: tc, handshakeTimeout: handshakeTimeout, stats: stats, ctx: ctx, cancel: cancel}
+	return &tcpListener{listenerBase: listenerBase{id: id, address: address}, tls: tc, handshakeTimeout: handshakeTimeout, stats: stats, ctx: ctx, cancel: cancel}
 }
-
-func (l *tcpListener) ID() string { return l.id }
 
 func (l *tcpListener) Protocol() string {
 	if l.tls != nil {
 		return "tls"
 	}
 	return "tcp"
-}
-
-func (l *tcpListener) Address() string {
-	if l.ln != nil {
-		return l.ln.Addr().String()
-	}
-	return l.address
 }
 
 // Init binds the address, so that an address in use is an error of New.
@@ -151,20 +173,6 @@ func (l *tcpListener) enter() bool {
 	}
 	l.wg.Add(1)
 	return true
-}
-
-func (l *tcpListener) die(err error) {
-	err = fmt.Errorf("mqtt listener %s on %s stopped: %w", l.id, l.Address(), err)
-	l.dead.Store(&err)
-	l.log.Error("mqtt listener stopped; it accepts no more connections", "listener", l.id, "error", err)
-}
-
-// Err is why the listener stopped serving before Close, or nil.
-func (l *tcpListener) Err() error {
-	if p := l.dead.Load(); p != nil {
-		return *p
-	}
-	return nil
 }
 
 // Close stops accepting, disconnects the listener's clients and waits for

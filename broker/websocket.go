@@ -4,12 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -21,18 +19,14 @@ import (
 // would be a log line instead of an error, and ":0" could not be resolved
 // to the bound port.
 type wsListener struct {
-	id      string
-	address string
-	tls     *tls.Config // nil: plain ws
+	// Its dead is set if Serve stops without Close (net/http retries
+	// accept errors such as EMFILE itself).
+	listenerBase
+	tls *tls.Config // nil: plain ws
 	// handshakeTimeout bounds the TLS handshake and the upgrade request,
 	// as the TCP listeners bound theirs.
 	handshakeTimeout time.Duration
-	ln               net.Listener
 	srv              *http.Server
-	log              *slog.Logger
-	// dead is why Serve stopped without Close; nil while it serves.
-	// (net/http retries accept errors such as EMFILE itself.)
-	dead atomic.Pointer[error]
 
 	mu        sync.Mutex
 	establish listeners.EstablishFn // Lock should be held.
@@ -44,23 +38,14 @@ var _ listeners.Listener = (*wsListener)(nil)
 // newWSListener returns a WebSocket listener; with tc it serves secure
 // WebSockets (wss).
 func newWSListener(id, address string, tc *tls.Config, handshakeTimeout time.Duration) *wsListener {
-	return &wsListener{id: id, address: address, tls: tc, handshakeTimeout: handshakeTimeout}
+	return &wsListener{listenerBase: listenerBase{id: id, address: address}, tls: tc, handshakeTimeout: handshakeTimeout}
 }
-
-func (l *wsListener) ID() string { return l.id }
 
 func (l *wsListener) Protocol() string {
 	if l.tls != nil {
 		return "wss"
 	}
 	return "ws"
-}
-
-func (l *wsListener) Address() string {
-	if l.ln != nil {
-		return l.ln.Addr().String()
-	}
-	return l.address
 }
 
 func (l *wsListener) Init(log *slog.Logger) error {
@@ -95,18 +80,8 @@ func (l *wsListener) Serve(establish listeners.EstablishFn) {
 		return
 	}
 	if err := l.srv.Serve(l.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		err = fmt.Errorf("mqtt listener %s on %s stopped: %w", l.id, l.Address(), err)
-		l.dead.Store(&err)
-		l.log.Error("mqtt listener stopped; it accepts no more connections", "error", err, "listener", l.id)
+		l.die(err)
 	}
-}
-
-// Err is why the listener stopped serving before Close, or nil.
-func (l *wsListener) Err() error {
-	if p := l.dead.Load(); p != nil {
-		return *p
-	}
-	return nil
 }
 
 func (l *wsListener) serveHTTP(w http.ResponseWriter, r *http.Request) {

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
 
 // pythonResponder is the reference guide's temperature service, in the
@@ -307,7 +309,7 @@ func pythonCommand(py, script string, args ...string) *exec.Cmd {
 type watched struct {
 	name   string
 	stdout *notifyBuffer
-	stderr *syncBuffer
+	stderr *gatewaytest.Buffer
 	done   chan struct{} // closed when the process has exited and its output is read
 }
 
@@ -319,7 +321,7 @@ func startWatched(t testing.TB, cmd *exec.Cmd) *watched {
 	w := &watched{
 		name:   filepath.Base(cmd.Path),
 		stdout: newNotifyBuffer(),
-		stderr: &syncBuffer{},
+		stderr: &gatewaytest.Buffer{},
 		done:   make(chan struct{}),
 	}
 	for _, arg := range cmd.Args[1:] {
@@ -418,7 +420,7 @@ func runBounded(t testing.TB, timeout time.Duration, cmd *exec.Cmd) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr gatewaytest.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.WaitDelay = time.Second
 	if err := cmd.Start(); err != nil {
@@ -597,7 +599,7 @@ func TestMosquittoRRAndPythonRequesterAgainstEmbeddedBroker(t *testing.T) {
 		// exits with status 0; accept any status, but not an answer.
 		cmd := exec.Command(rr, "-V", "5", "-h", host, "-p", port,
 			"-t", "service/temperature/query", "-e", "mqttgw/reply/"+rand.Text(), "-m", "query:Berlin", "-W", "2")
-		var out syncBuffer
+		var out gatewaytest.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		cmd.WaitDelay = time.Second
 		if err := cmd.Start(); err != nil {

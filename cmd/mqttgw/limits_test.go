@@ -29,29 +29,13 @@ import (
 func TestRecoversFromRunningOutOfFileDescriptors(t *testing.T) {
 	bin := binary(t, "mqttgw")
 	httpAddr, mqttAddr := freePort(t), freePort(t)
-	logs := &syncBuffer{}
+	logs := &gatewaytest.Buffer{}
 	// sh sets the hard limit too, which the gateway can't raise past.
 	cmd := exec.Command("sh", "-c", `ulimit -n 48 && exec "$0" "$@"`, bin,
 		"--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--log-format", "json",
 		"--mqtt-connect-timeout", "60s") // the silent connections stay until the test closes them
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("gateway log:\n%s", logs.String())
-		}
-	})
+	cmd.Stdout = logs
+	startProcess(t, cmd)
 	base := "http://" + httpAddr
 	waitReady(t, base)
 	if !strings.Contains(logs.String(), `"msg":"open-file limit","soft":48,"hard":48`) {
@@ -173,7 +157,7 @@ func TestClientIDTakeoverIsLogged(t *testing.T) {
 func TestBrokerPasswordNeverLogged(t *testing.T) {
 	dead := freePort(t) // nothing listens there
 	cfg := testConfig(t, "--broker", "mqtt://"+dead, "--broker-username", "gw", "--broker-password", "pa55-w0rd-x", "--log-level", "debug")
-	logs := &syncBuffer{}
+	logs := &gatewaytest.Buffer{}
 	launch(t, cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	waitUntil(t, 10*time.Second, func() bool {
 		return len(logLines(t, logs, "broker connection attempt failed")) >= 2

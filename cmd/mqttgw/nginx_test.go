@@ -304,7 +304,7 @@ func nginxSend(t *testing.T, c *http.Client, method, url, body string, header ..
 // nginxLogLine waits for the gateway's request log line with request_id id
 // (the line is written as the handler returns, so it may trail the
 // response a little).
-func nginxLogLine(t *testing.T, logs *syncBuffer, id string) map[string]any {
+func nginxLogLine(t *testing.T, logs *gatewaytest.Buffer, id string) map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {

@@ -33,9 +33,9 @@ import (
 )
 
 // startLogged is mustStart with the gateway's JSON log captured.
-func startLogged(t *testing.T, cfg config) (*app, string, *syncBuffer) {
+func startLogged(t *testing.T, cfg config) (*app, string, *gatewaytest.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &gatewaytest.Buffer{}
 	a, _ := launch(t, cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: cfg.LogLevel})))
 	base := "http://" + a.httpAddr
 	if cfg.TLS == nil {
@@ -45,7 +45,7 @@ func startLogged(t *testing.T, cfg config) (*app, string, *syncBuffer) {
 }
 
 // logLines returns the JSON log lines whose msg is msg.
-func logLines(t *testing.T, logs *syncBuffer, msg string) []map[string]any {
+func logLines(t *testing.T, logs *gatewaytest.Buffer, msg string) []map[string]any {
 	t.Helper()
 	var out []map[string]any
 	sc := bufio.NewScanner(strings.NewReader(logs.String()))

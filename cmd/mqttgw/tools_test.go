@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
 
 // need returns the path of program, or skips the test when it is missing,
@@ -118,10 +120,14 @@ func waitListening(t testing.TB, addr string) {
 }
 
 // startProcess starts cmd, logs its output into the test log on failure,
-// and kills it at cleanup.
+// and kills it at cleanup. The output goes to cmd.Stdout if that is a
+// *gatewaytest.Buffer already, for the test to read.
 func startProcess(t testing.TB, cmd *exec.Cmd) *exec.Cmd {
 	t.Helper()
-	out := &syncBuffer{}
+	out, ok := cmd.Stdout.(*gatewaytest.Buffer)
+	if !ok {
+		out = &gatewaytest.Buffer{}
+	}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -136,23 +142,6 @@ func startProcess(t testing.TB, cmd *exec.Cmd) *exec.Cmd {
 		}
 	})
 	return cmd
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // mosquitto is a mosquitto broker on a loopback port that a test can kill
@@ -194,7 +183,7 @@ func startMosquitto(t testing.TB, extra ...string) *mosquitto {
 func (m *mosquitto) Start() {
 	m.t.Helper()
 	m.cmd = exec.Command(m.cmd.Path, "-c", m.conf)
-	out := &syncBuffer{}
+	out := &gatewaytest.Buffer{}
 	m.cmd.Stdout, m.cmd.Stderr = out, out
 	if err := m.cmd.Start(); err != nil {
 		m.t.Fatal(err)

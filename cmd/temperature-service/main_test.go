@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mqttgw/mqttgw/broker"
+	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -124,7 +125,7 @@ func startBroker(t *testing.T) *broker.Broker {
 func startService(t *testing.T, b *broker.Broker) (stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	logs := &syncBuffer{}
+	logs := &gatewaytest.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"--broker", "mqtt://" + b.Addr()}, io.Discard, logs)
@@ -298,22 +299,4 @@ func (r *requester) request(t *testing.T, payload string) *paho.Publish {
 			t.Fatalf("no reply to %q within 5s", payload)
 		}
 	}
-}
-
-// syncBuffer collects the service's log, written from its goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
