@@ -224,3 +224,43 @@ func TestDeadListenerMakesBrokerUnready(t *testing.T) {
 }
 
 var _ listeners.Listener = (*tcpListener)(nil)
+
+// FuzzConnFraming: whatever a peer sends, conn hands on a prefix of it,
+// unchanged and in order, and never more than it received.
+func FuzzConnFraming(f *testing.F) {
+	f.Add(append(append([]byte{}, connectPacket...), 0x30, 7, 0, 1, 't', 'a', 'b', 'c', 'd'))
+	f.Add([]byte{0x10, 0xff, 0xff, 0xff, 0x7f})
+	f.Add(append(append([]byte{}, connectPacket...), 0x30, 0xff, 0xff, 0xff, 0xff, 0x01))
+	f.Add([]byte{0x30, 2, 0, 0, 0xc0, 0})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		lim := testLimits()
+		lim.maxConnect, lim.maxPacket = 64, 256
+		a, b := net.Pipe()
+		c := newConn(a, "fuzz", lim)
+		defer lim.conns.close()
+		defer c.Close()
+		go func() {
+			// In odd pieces, as a network would.
+			for rest := in; len(rest) > 0; {
+				n := min(len(rest), 1+len(rest)%7)
+				if _, err := b.Write(rest[:n]); err != nil {
+					break
+				}
+				rest = rest[n:]
+			}
+			b.Close()
+		}()
+		var out []byte
+		buf := make([]byte, 13)
+		for {
+			n, err := c.Read(buf)
+			out = append(out, buf[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		if !bytes.HasPrefix(in, out) {
+			t.Fatalf("read %x from %x: not a prefix", out, in)
+		}
+	})
+}

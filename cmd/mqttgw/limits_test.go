@@ -53,6 +53,15 @@ func TestRecoversFromRunningOutOfFileDescriptors(t *testing.T) {
 		conns = append(conns, c)
 	}
 	waitUntil(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), "mqtt accept failed; retrying") })
+	// HTTP clients now find no descriptor either.
+	for range 10 {
+		c, err := net.Dial("tcp", httpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	waitUntil(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), "http: Accept error") })
 	for _, c := range conns {
 		c.Close()
 	}
