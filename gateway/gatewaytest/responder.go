@@ -1,5 +1,3 @@
-// Package gatewaytest provides real MQTT v5 responders, built on
-// paho.golang, for tests of the gateway against a real broker.
 package gatewaytest
 
 import (
