@@ -469,7 +469,7 @@ func wantNoPending(t *testing.T, a *app) {
 // gateway requests, behind the embedded broker and behind mosquitto.
 func TestPythonResponder(t *testing.T) {
 	t.Parallel()
-	py := pythonWithPaho(t)
+	py := gatewaytest.PythonWithPaho(t)
 	script := writeScript(t, "responder.py", pythonResponder)
 
 	check := func(t *testing.T, a *app, base, brokerAddr string) {
@@ -503,7 +503,7 @@ func TestPythonResponder(t *testing.T) {
 	})
 	t.Run("mosquitto", func(t *testing.T) {
 		t.Parallel()
-		m := startMosquitto(t)
+		m := gatewaytest.StartMosquitto(t)
 		a, base := mustStart(t, testConfig(t, "--broker", m.URL()))
 		check(t, a, base, m.Addr)
 	})
@@ -516,7 +516,7 @@ func TestPythonResponder(t *testing.T) {
 // then loses packet sync and drops the connection).
 func TestMQTTJSResponder(t *testing.T) {
 	t.Parallel()
-	node := nodeWithMQTT(t)
+	node := gatewaytest.NodeWithMQTT(t)
 	a, base := mustStart(t, testConfig(t))
 	js := startWatched(t, exec.Command(node, writeScript(t, "responder.js", jsResponder), "mqtt://"+a.broker.Addr(), "svc/js"))
 	js.waitFor(t, subscribedLine, 10*time.Second)
@@ -571,12 +571,12 @@ func TestMQTTJSResponder(t *testing.T) {
 // temperature-service binary directly.
 func TestMosquittoRRAndPythonRequesterAgainstEmbeddedBroker(t *testing.T) {
 	t.Parallel()
-	rr := need(t, "mosquitto_rr", "apt-get install -y mosquitto-clients")
-	py := pythonWithPaho(t)
+	rr := gatewaytest.Need(t, "mosquitto_rr", "apt-get install -y mosquitto-clients")
+	py := gatewaytest.PythonWithPaho(t)
 	a, base := mustStart(t, testConfig(t))
 	host, port := hostPort(t, a.broker.Addr())
 
-	startProcess(t, exec.Command(binary(t, "temperature-service"), "--broker", "mqtt://"+a.broker.Addr()))
+	gatewaytest.StartProcess(t, exec.Command(gatewaytest.Binary(t, "temperature-service"), "--broker", "mqtt://"+a.broker.Addr()))
 	deadline := time.Now().Add(15 * time.Second)
 	for !a.broker.HasSubscribers("service/temperature/query") {
 		if time.Now().After(deadline) {
@@ -649,7 +649,7 @@ func TestMosquittoRRAndPythonRequesterAgainstEmbeddedBroker(t *testing.T) {
 // and a Python paho requester that also connects over WebSocket.
 func TestWebSocketClient(t *testing.T) {
 	t.Parallel()
-	node := nodeWithMQTT(t)
+	node := gatewaytest.NodeWithMQTT(t)
 	a, base := mustStart(t, testConfig(t, "--ws-addr", "127.0.0.1:0"))
 	if a.broker.WSAddr() == "" || strings.HasSuffix(a.broker.WSAddr(), ":0") {
 		t.Fatalf("WSAddr %q is not a bound address", a.broker.WSAddr())
@@ -667,7 +667,7 @@ func TestWebSocketClient(t *testing.T) {
 	}
 
 	t.Run("python paho over websocket", func(t *testing.T) {
-		py := pythonWithPaho(t)
+		py := gatewaytest.PythonWithPaho(t)
 		host, port := hostPort(t, a.broker.WSAddr())
 		out := runBounded(t, 15*time.Second, pythonCommand(py, writeScript(t, "requester.py", pythonRequester),
 			host, port, "websockets", "svc/ws", "response/ws-"+rand.Text(), "Graz"))

@@ -25,7 +25,7 @@ import (
 )
 
 func TestMosquittoRoundTrip(t *testing.T) {
-	m := startMosquitto(t)
+	m := gatewaytest.StartMosquitto(t)
 	_, base := mustStart(t, testConfig(t, "--broker", m.URL()))
 	gatewaytest.StartResponder(t, m.URL(), "svc/echo", 2, gatewaytest.Echo)
 
@@ -43,7 +43,7 @@ func TestMosquittoRoundTrip(t *testing.T) {
 // subscribers" (0x10), so the answer is an immediate 503; at QoS 0 nothing
 // can say so, and the request ends in 504.
 func TestMosquittoNoResponders(t *testing.T) {
-	m := startMosquitto(t)
+	m := gatewaytest.StartMosquitto(t)
 	_, base := mustStart(t, testConfig(t, "--broker", m.URL()))
 
 	start := time.Now()
@@ -57,11 +57,11 @@ func TestMosquittoNoResponders(t *testing.T) {
 // TestMosquittoRejectsPublish: a PUBACK reason code of 0x80 or above (here
 // 0x87, not authorized, from an ACL) is a 502 naming the code.
 func TestMosquittoRejectsPublish(t *testing.T) {
-	acl := filepath.Join(publicTempDir(t), "acl")
+	acl := filepath.Join(gatewaytest.PublicTempDir(t), "acl")
 	if err := os.WriteFile(acl, []byte("topic readwrite #\ntopic deny forbidden/#\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m := startMosquitto(t, "acl_file "+acl)
+	m := gatewaytest.StartMosquitto(t, "acl_file "+acl)
 	_, base := mustStart(t, testConfig(t, "--broker", m.URL()))
 	wantProblem(t, post(t, base+"/rpc/forbidden/x?qos=1", nil), 502, "broker-rejected", "0x87")
 }
@@ -69,23 +69,23 @@ func TestMosquittoRejectsPublish(t *testing.T) {
 // TestMosquittoTLSAndPassword connects over mqtts:// with a CA and a client
 // certificate generated here, and a username and password.
 func TestMosquittoTLSAndPassword(t *testing.T) {
-	passwd := need(t, "mosquitto_passwd", "apt-get install -y mosquitto")
-	pki := newTestPKI(t)
-	pwfile := filepath.Join(publicTempDir(t), "passwd")
+	passwd := gatewaytest.Need(t, "mosquitto_passwd", "apt-get install -y mosquitto")
+	pki := gatewaytest.NewPKI(t)
+	pwfile := filepath.Join(gatewaytest.PublicTempDir(t), "passwd")
 	if out, err := exec.Command(passwd, "-c", "-b", pwfile, "gateway", "s3cret").CombinedOutput(); err != nil {
 		t.Fatalf("mosquitto_passwd: %v: %s", err, out)
 	}
 	if err := os.Chmod(pwfile, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	tlsAddr := freePort(t)
+	tlsAddr := gatewaytest.FreePort(t)
 	_, tlsPort, _ := net.SplitHostPort(tlsAddr)
 	// per_listener_settings: the plain listener stays anonymous for the
 	// responder; the TLS one demands a certificate and a password.
-	m := startMosquitto(t, "per_listener_settings true",
+	m := gatewaytest.StartMosquitto(t, "per_listener_settings true",
 		"listener "+tlsPort+" 127.0.0.1", "allow_anonymous false", "password_file "+pwfile,
 		"cafile "+pki.CA, "certfile "+pki.ServerCert, "keyfile "+pki.ServerKey, "require_certificate true")
-	waitListening(t, tlsAddr)
+	gatewaytest.WaitListening(t, tlsAddr)
 	gatewaytest.StartResponder(t, m.URL(), "svc/tls", 1, gatewaytest.Echo)
 
 	tlsArgs := []string{"--broker", "mqtts://" + tlsAddr, "--broker-ca", pki.CA, "--broker-cert", pki.ClientCert, "--broker-key", pki.ClientKey, "--broker-username", "gateway"}
@@ -110,7 +110,7 @@ func TestMosquittoTLSAndPassword(t *testing.T) {
 // says how large a packet may be) is a 413, and the connection that other
 // requests share is not dropped for it.
 func TestMosquittoMaxPacketSize(t *testing.T) {
-	m := startMosquitto(t, "max_packet_size 2000")
+	m := gatewaytest.StartMosquitto(t, "max_packet_size 2000")
 	_, base := mustStart(t, testConfig(t, "--broker", m.URL()))
 	gatewaytest.StartResponder(t, m.URL(), "svc/echo", 1, gatewaytest.Echo)
 	wantProblem(t, post(t, base+"/rpc/svc/echo", strings.NewReader(strings.Repeat("x", 3000))), 413, "body-too-large", "at most 2000")
@@ -124,7 +124,7 @@ func TestMosquittoMaxPacketSize(t *testing.T) {
 // ones get 503 with Retry-After, and once the broker is back the same
 // gateway serves again.
 func TestMosquittoKilledAndRestarted(t *testing.T) {
-	m := startMosquitto(t)
+	m := gatewaytest.StartMosquitto(t)
 	a, base := mustStart(t, testConfig(t, "--broker", m.URL()))
 	release := make(chan struct{})
 	var releaseOnce sync.Once
@@ -140,7 +140,7 @@ func TestMosquittoKilledAndRestarted(t *testing.T) {
 	for range n {
 		wg.Go(func() { results <- post(t, base+"/rpc/svc/slow?timeout=30s", strings.NewReader("x")) })
 	}
-	waitUntil(t, 10*time.Second, func() bool { return resp.Handled() == n })
+	gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool { return resp.Handled() == n })
 
 	killed := time.Now()
 	m.Kill()
@@ -168,7 +168,7 @@ func TestMosquittoKilledAndRestarted(t *testing.T) {
 	m.Start()
 	waitReady(t, base)
 	// The responder reconnects on its own; wait until it has resubscribed.
-	waitUntil(t, 20*time.Second, func() bool {
+	gatewaytest.Eventually(t, 20*time.Second, "the condition", func() bool {
 		r := post(t, base+"/rpc/svc/slow?timeout=5s", strings.NewReader("back"))
 		return r.status == 200 && string(r.body) == "back"
 	})
@@ -178,12 +178,12 @@ func TestMosquittoKilledAndRestarted(t *testing.T) {
 // responders in one shared-subscription group, and sends 1,200 concurrent
 // requests spread over both gateways.
 func TestScaleOut(t *testing.T) {
-	m := startMosquitto(t)
-	bin := binary(t, "mqttgw")
+	m := gatewaytest.StartMosquitto(t)
+	bin := gatewaytest.Binary(t, "mqttgw")
 	gateways := map[string]string{} // instance id → base URL
 	for _, id := range []string{"gw-a", "gw-b"} {
-		addr := freePort(t)
-		startProcess(t, exec.Command(bin, "--broker", m.URL(), "--http-addr", addr, "--instance-id", id, "--log-level", "warn"))
+		addr := gatewaytest.FreePort(t)
+		gatewaytest.StartProcess(t, exec.Command(bin, "--broker", m.URL(), "--http-addr", addr, "--instance-id", id, "--log-level", "warn"))
 		gateways[id] = "http://" + addr
 		waitReady(t, gateways[id])
 	}
@@ -247,17 +247,5 @@ func TestScaleOut(t *testing.T) {
 	}
 	if m := misrouted.Load(); m != 0 {
 		t.Errorf("%d requests carried another gateway's response topic", m)
-	}
-}
-
-// waitUntil polls cond until it holds or d passes.
-func waitUntil(t testing.TB, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", d)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -208,18 +208,6 @@ func hostileResult(t *testing.T, ch <-chan response) response {
 	}
 }
 
-// hostileEventually polls cond until it holds, at most hostileWait.
-func hostileEventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(hostileWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, hostileWait)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestHostileResponder(t *testing.T) {
 	a, base := mustStart(t, testConfig(t))
 	addr := a.broker.Addr()
@@ -242,10 +230,10 @@ func TestHostileResponder(t *testing.T) {
 		if r.status != 200 || string(r.body) != "right" {
 			t.Fatalf("got %d %q", r.status, r.body)
 		}
-		hostileEventually(t, "3 unknown replies counted", func() bool { return a.gw.Stats().Unknown == before.Unknown+3 })
+		gatewaytest.Eventually(t, hostileWait, "3 unknown replies counted", func() bool { return a.gw.Stats().Unknown == before.Unknown+3 })
 		// A second right reply comes after the request was answered.
 		hc.mustPublish(t, hostileReply(req, id, "again"))
-		hostileEventually(t, "duplicate counted", func() bool { return a.gw.Stats().Duplicates == before.Duplicates+1 })
+		gatewaytest.Eventually(t, hostileWait, "duplicate counted", func() bool { return a.gw.Stats().Duplicates == before.Duplicates+1 })
 		if s := a.gw.Stats(); s.Unknown != before.Unknown+3 || s.Late != before.Late {
 			t.Fatalf("stats %+v, before %+v", s, before)
 		}
@@ -420,11 +408,11 @@ func TestHostileResponder(t *testing.T) {
 		if r.status != 200 || string(r.body) != "right" {
 			t.Fatalf("got %d %q", r.status, r.body)
 		}
-		hostileEventually(t, "2 unknown replies counted", func() bool { return a.gw.Stats().Unknown == before.Unknown+2 })
+		gatewaytest.Eventually(t, hostileWait, "2 unknown replies counted", func() bool { return a.gw.Stats().Unknown == before.Unknown+2 })
 		// Also with no request waiting at all.
 		hc.mustPublish(t, hostileReply(req, nil, "junk"))
 		hc.mustPublish(t, hostileReply(req, long, "junk"))
-		hostileEventually(t, "4 unknown replies counted", func() bool { return a.gw.Stats().Unknown == before.Unknown+4 })
+		gatewaytest.Eventually(t, hostileWait, "4 unknown replies counted", func() bool { return a.gw.Stats().Unknown == before.Unknown+4 })
 		// What the broker relays is indeed cut to 65,535 bytes: send it to
 		// the client's own subscription to see.
 		hc.mustPublish(t, &paho.Publish{Topic: "hostile/nocorr", Properties: &paho.PublishProperties{CorrelationData: long}})

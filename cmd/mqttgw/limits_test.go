@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -27,15 +26,15 @@ import (
 // had returned for good: responders that reconnected were locked out while
 // /readyz stayed 200.
 func TestRecoversFromRunningOutOfFileDescriptors(t *testing.T) {
-	bin := binary(t, "mqttgw")
-	httpAddr, mqttAddr := freePort(t), freePort(t)
+	bin := gatewaytest.Binary(t, "mqttgw")
+	httpAddr, mqttAddr := gatewaytest.FreePort(t), gatewaytest.FreePort(t)
 	logs := &gatewaytest.Buffer{}
 	// sh sets the hard limit too, which the gateway can't raise past.
 	cmd := exec.Command("sh", "-c", `ulimit -n 48 && exec "$0" "$@"`, bin,
 		"--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--log-format", "json",
 		"--mqtt-connect-timeout", "60s") // the silent connections stay until the test closes them
 	cmd.Stdout = logs
-	startProcess(t, cmd)
+	gatewaytest.StartProcess(t, cmd)
 	base := "http://" + httpAddr
 	waitReady(t, base)
 	if !strings.Contains(logs.String(), `"msg":"open-file limit","soft":48,"hard":48`) {
@@ -52,7 +51,7 @@ func TestRecoversFromRunningOutOfFileDescriptors(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	waitUntil(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), "mqtt accept failed; retrying") })
+	gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool { return strings.Contains(logs.String(), "mqtt accept failed; retrying") })
 	// HTTP clients now find no descriptor either.
 	for range 10 {
 		c, err := net.Dial("tcp", httpAddr)
@@ -61,7 +60,7 @@ func TestRecoversFromRunningOutOfFileDescriptors(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	waitUntil(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), "http: Accept error") })
+	gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool { return strings.Contains(logs.String(), "http: Accept error") })
 	for _, c := range conns {
 		c.Close()
 	}
@@ -74,23 +73,20 @@ func TestRecoversFromRunningOutOfFileDescriptors(t *testing.T) {
 	if r.status != 200 || string(r.body) != "back" {
 		t.Fatalf("after running out of descriptors: %d %q", r.status, r.body)
 	}
-	waitUntil(t, 10*time.Second, func() bool { return strings.Contains(logs.String(), "mqtt accept recovered") })
+	gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool { return strings.Contains(logs.String(), "mqtt accept recovered") })
 }
 
 // A frozen broker (SIGSTOP) went unnoticed for 60 s: requests waited for
 // their own timeout instead of failing fast.
 func TestMosquittoFrozen(t *testing.T) {
-	m := startMosquitto(t)
+	m := gatewaytest.StartMosquitto(t)
 	_, base := mustStart(t, testConfig(t, "--broker", m.URL(), "--broker-keepalive", "1s"))
 	gatewaytest.StartResponder(t, m.URL(), "svc/echo", 1, gatewaytest.Echo)
 	if r := post(t, base+"/rpc/svc/echo", strings.NewReader("x")); r.status != 200 {
 		t.Fatalf("before the freeze: %d %s", r.status, r.body)
 	}
 
-	if err := m.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	defer m.cmd.Process.Signal(syscall.SIGCONT)
+	m.Freeze()
 	frozen := time.Now()
 	r := post(t, base+"/rpc/svc/echo?timeout=30s", strings.NewReader("x"))
 	// Two keep-alives, and a little for the scheduler.
@@ -101,7 +97,7 @@ func TestMosquittoFrozen(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodGet, base+"/readyz", nil)
 	wantProblem(t, do(t, req), 503, "broker-unavailable", "")
 
-	m.cmd.Process.Signal(syscall.SIGCONT)
+	m.Thaw()
 	waitReady(t, base)
 }
 
@@ -116,7 +112,7 @@ func TestClientIDTakeoverIsLogged(t *testing.T) {
 		t.Run(brokerKind, func(t *testing.T) {
 			var brokerURL string
 			if brokerKind == "mosquitto" {
-				brokerURL = startMosquitto(t).URL()
+				brokerURL = gatewaytest.StartMosquitto(t).URL()
 			} else {
 				ext, _ := mustStart(t, testConfig(t))
 				brokerURL = "mqtt://" + ext.broker.Addr()
@@ -141,7 +137,7 @@ func TestClientIDTakeoverIsLogged(t *testing.T) {
 			}
 			cm.Disconnect(ctx)
 
-			waitUntil(t, 10*time.Second, func() bool {
+			gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool {
 				if brokerKind == "mosquitto" {
 					for _, l := range logLines(t, logs, "broker connection failed") {
 						if strings.Contains(fmt.Sprint(l["error"]), "is another client using client id mqttgw-"+cfg.InstanceID) {
@@ -164,11 +160,11 @@ func TestClientIDTakeoverIsLogged(t *testing.T) {
 
 // A password is never logged, however often the connection fails.
 func TestBrokerPasswordNeverLogged(t *testing.T) {
-	dead := freePort(t) // nothing listens there
+	dead := gatewaytest.FreePort(t) // nothing listens there
 	cfg := testConfig(t, "--broker", "mqtt://"+dead, "--broker-username", "gw", "--broker-password", "pa55-w0rd-x", "--log-level", "debug")
 	logs := &gatewaytest.Buffer{}
 	launch(t, cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	waitUntil(t, 10*time.Second, func() bool {
+	gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool {
 		return len(logLines(t, logs, "broker connection attempt failed")) >= 2
 	})
 	if strings.Contains(logs.String(), "pa55-w0rd-x") {

@@ -25,9 +25,7 @@ import (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
+	gatewaytest.RemoveBinaries()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goleak:", err)
@@ -568,7 +566,7 @@ func TestShutdownDelay(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() { done <- stop() }()
-	waitUntil(t, 5*time.Second, func() bool {
+	gatewaytest.Eventually(t, 5*time.Second, "the condition", func() bool {
 		req, _ := http.NewRequest(http.MethodGet, base+"/readyz", nil)
 		return do(t, req).status == 503
 	})

@@ -33,7 +33,7 @@ import (
 const nginxPrefixConf = "../../deploy/nginx-prefix.conf"
 
 func TestBehindNginx(t *testing.T) {
-	bin := need(t, "nginx", "apt-get install -y nginx-light")
+	bin := gatewaytest.Need(t, "nginx", "apt-get install -y nginx-light")
 	template, err := os.ReadFile(nginxPrefixConf)
 	if err != nil {
 		t.Fatal(err)
@@ -209,8 +209,8 @@ func TestBehindNginx(t *testing.T) {
 // nginx's address.
 func nginxStart(t *testing.T, bin, template, upstream string, set map[string]string) string {
 	t.Helper()
-	dir := publicTempDir(t) // nginx's workers run as another user
-	addr := freePort(t)
+	dir := gatewaytest.PublicTempDir(t) // nginx's workers run as another user
+	addr := gatewaytest.FreePort(t)
 	conf := template
 	for name, value := range map[string]string{
 		"listen":           addr,
@@ -250,9 +250,9 @@ func nginxStart(t *testing.T, bin, template, upstream string, set map[string]str
 	// the pipes would never end. Kill master and workers as one group
 	// first (cleanups run last-registered first).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	startProcess(t, cmd)
+	gatewaytest.StartProcess(t, cmd)
 	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
-	waitListening(t, addr)
+	gatewaytest.WaitListening(t, addr)
 	return addr
 }
 

@@ -175,7 +175,7 @@ func TestHeaderLimit(t *testing.T) {
 // TestTLSListeners serves HTTPS and the embedded broker's MQTT over TLS
 // with certificates made here.
 func TestTLSListeners(t *testing.T) {
-	pki := newTestPKI(t)
+	pki := gatewaytest.NewPKI(t)
 	cfg := testConfig(t, "--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey, "--mqtt-tls-addr", "127.0.0.1:0")
 	a, _, _ := startLogged(t, cfg)
 
@@ -332,7 +332,7 @@ func TestSoak(t *testing.T) {
 
 	settle := func() (goroutines int, rss uint64) {
 		client.CloseIdleConnections()
-		waitUntil(t, 10*time.Second, func() bool { return a.gw.Stats().Pending == 0 })
+		gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool { return a.gw.Stats().Pending == 0 })
 		runtime.GC()
 		debug.FreeOSMemory()
 		return runtime.NumGoroutine(), residentBytes(t)
@@ -348,7 +348,7 @@ func TestSoak(t *testing.T) {
 	var afterG int
 	var afterRSS uint64
 	// Goroutines of hung-up connections end shortly after; wait for them.
-	waitUntil(t, 10*time.Second, func() bool {
+	gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool {
 		afterG, afterRSS = settle()
 		return afterG <= baseG+5
 	})

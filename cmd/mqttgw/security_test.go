@@ -60,7 +60,7 @@ func TestAuthFile(t *testing.T) {
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, func() bool {
+	gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool {
 		return post(t, base+"/rpc/svc/echo", nil, "X-API-Key", "second-key-0123456789abcdef").status == 200
 	})
 	wantProblem(t, post(t, base+"/rpc/svc/echo", nil, "X-API-Key", "first-key-0123456789abcdef"), 401, "unauthorized", "")

@@ -251,3 +251,11 @@ func Binary(tb testing.TB, name string) string {
 	}
 	return filepath.Join(buildDir, name)
 }
+
+// RemoveBinaries deletes what Binary built; call it from TestMain once the
+// tests have run.
+func RemoveBinaries() {
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+}
