@@ -16,28 +16,20 @@ package api
 // up in a rainbow table, and a slow KDF such as bcrypt would cost ~50 ms of
 // CPU on every request for no gain in security.
 //
-// A key's topics are MQTT topic filters, matched with the embedded
-// broker's (mochi's) own topic index, so that "+" and "#" mean exactly
-// what they mean to the broker.
+// A key's topics are MQTT topic filters, matched by gateway.MatchFilter,
+// the one matcher of the auth file and the broker's users file.
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
-	"sync"
-	"sync/atomic"
-
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
-	"go.yaml.in/yaml/v4"
 
 	"github.com/mqttgw/mqttgw/gateway"
+	"github.com/mqttgw/mqttgw/gateway/grantfile"
 )
 
 // Sentinel errors of Check; test with errors.Is. The errors Check returns
@@ -78,8 +70,8 @@ func HashKey(key string) string {
 // KeySet is a parsed, validated auth file. It is immutable and safe for
 // concurrent use.
 type KeySet struct {
-	keys  []authKey
-	index *mqtt.TopicsIndex // every filter of every key, subscribed under the key's name
+	keys   []authKey
+	byName map[string]int // index into keys
 }
 
 type authKey struct {
@@ -88,15 +80,7 @@ type authKey struct {
 	topics []string
 }
 
-// authFile and authFileKey are the YAML schema. Keys is a pointer so that
-// a file without "keys" (empty, truncated, or a different file) is told
-// apart from an explicit "keys: []".
-// Each entry is loaded on its own, so that its errors (unknown fields,
-// wrong types) can name it.
-type authFile struct {
-	Keys *[]yaml.Node `yaml:"keys"`
-}
-
+// authFileKey is an entry of the auth file.
 type authFileKey struct {
 	Name   string   `yaml:"name"`
 	SHA256 string   `yaml:"sha256"`
@@ -109,59 +93,26 @@ type authFileKey struct {
 // filters that the broker would refuse or that can never match a request
 // topic (shared-subscription filters, filters starting with '$', wildcards
 // that are not a whole level). An explicit "keys: []" is valid and lets no
-// request through.
+// request through. Errors name the entry's line, never a hash.
 func ParseKeys(data []byte) (*KeySet, error) {
-	var f authFile
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, errors.New(`auth file is empty; it needs a "keys" list`)
+	entries, err := grantfile.Parse(data, "keys", "key", func(e authFileKey) string { return e.Name }, parseAuthKey)
+	if err != nil {
+		return nil, err
 	}
-	if err := yaml.Load(data, &f, yaml.WithKnownFields()); err != nil {
-		return nil, fmt.Errorf("auth file: %w", err)
-	}
-	if f.Keys == nil {
-		return nil, errors.New(`auth file has no "keys" list`)
-	}
-	ks := &KeySet{index: mqtt.NewTopicsIndex()}
-	names := map[string]int{}
+	ks := &KeySet{byName: map[string]int{}}
 	hashes := map[[sha256.Size]byte]int{}
-	for i, node := range *f.Keys {
-		var e authFileKey
-		if err := node.Load(&e, yaml.WithKnownFields()); err != nil {
-			var lenient authFileKey
-			_ = node.Load(&lenient) // for the name in the message, if it has one
-			return nil, fmt.Errorf("%s: %w", authEntryName(i, lenient.Name), err)
-		}
-		k, err := parseAuthKey(e)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", authEntryName(i, e.Name), err)
-		}
-		if j, dup := names[k.name]; dup {
-			return nil, fmt.Errorf("%s: name already used by key %d", authEntryName(i, e.Name), j+1)
+	for i, e := range entries {
+		k := e.Value
+		if j, dup := ks.byName[k.name]; dup {
+			return nil, fmt.Errorf("%s: name already used by %s", e.Where, entries[j].Where)
 		}
 		if j, dup := hashes[k.hash]; dup {
-			return nil, fmt.Errorf("%s: same sha256 as %s", authEntryName(i, e.Name), authEntryName(j, ks.keys[j].name))
+			return nil, fmt.Errorf("%s: same sha256 as %s", e.Where, entries[j].Where)
 		}
-		names[k.name], hashes[k.hash] = i, i
+		ks.byName[k.name], hashes[k.hash] = i, i
 		ks.keys = append(ks.keys, k)
-		for _, filter := range k.topics {
-			ks.index.Subscribe(k.name, packets.Subscription{Filter: filter})
-			// "x/#" also matches x itself [MQTT-4.7.1-2]. mochi's index
-			// does that for "a/#" but not when the level before "#" is
-			// "+" ("a/+/#" misses "a/b"), so the parent is indexed too.
-			if parent, ok := strings.CutSuffix(filter, "/#"); ok && parent != "" {
-				ks.index.Subscribe(k.name, packets.Subscription{Filter: parent})
-			}
-		}
 	}
 	return ks, nil
-}
-
-// authEntryName names entry i (0-based) of the file in an error message.
-func authEntryName(i int, name string) string {
-	if name == "" {
-		return fmt.Sprintf("key %d", i+1)
-	}
-	return fmt.Sprintf("key %d (%q)", i+1, name)
 }
 
 func parseAuthKey(e authFileKey) (authKey, error) {
@@ -197,7 +148,7 @@ func checkAuthFilter(filter string) error {
 	if err := gateway.CheckFilter(filter); err != nil {
 		return err
 	}
-	if mqtt.IsSharedFilter(filter) {
+	if gateway.IsSharedFilter(filter) {
 		return errors.New("is a shared subscription ($share/...); list the topic itself")
 	}
 	if strings.HasPrefix(filter, "$") {
@@ -209,24 +160,20 @@ func checkAuthFilter(filter string) error {
 // Len returns the number of keys.
 func (ks *KeySet) Len() int { return len(ks.keys) }
 
-// Names returns the keys' names in file order.
-func (ks *KeySet) Names() []string {
-	names := make([]string, len(ks.keys))
-	for i, k := range ks.keys {
-		names[i] = k.name
-	}
-	return names
-}
-
 // Allowed reports whether the key named keyName may publish to topic: one
 // of its filters matches topic, as the broker matches filters (so "#" and
 // "+" never match a topic starting with '$').
 func (ks *KeySet) Allowed(keyName, topic string) bool {
-	if topic == "" {
+	i, ok := ks.byName[keyName]
+	if !ok {
 		return false
 	}
-	_, ok := ks.index.Subscribers(topic).Subscriptions[keyName]
-	return ok
+	for _, filter := range ks.keys[i].topics {
+		if gateway.MatchFilter(filter, topic) {
+			return true
+		}
+	}
+	return false
 }
 
 // Check authenticates r and authorizes it to publish to topic; see
@@ -320,43 +267,25 @@ func presentedKey(h http.Header) (string, error) {
 // Authenticator checks requests against the keys of an auth file, which it
 // can reload while requests are being checked.
 type Authenticator struct {
-	path   string
-	keys   atomic.Pointer[KeySet]
-	reload sync.Mutex // serializes Reload, so an older read never replaces a newer one
+	file *grantfile.File[*KeySet]
 }
 
 // NewAuthenticator loads the auth file at path.
 func NewAuthenticator(path string) (*Authenticator, error) {
-	a := &Authenticator{path: path}
-	if err := a.Reload(); err != nil {
+	f, err := grantfile.Open("auth file", path, ParseKeys)
+	if err != nil {
 		return nil, err
 	}
-	return a, nil
+	return &Authenticator{file: f}, nil
 }
 
 // Reload re-reads the auth file and, if it is valid, atomically replaces
 // the keys: each Check sees either the old or the new set in full. On
 // error the old keys stay in force and the error is returned.
-func (a *Authenticator) Reload() error {
-	a.reload.Lock()
-	defer a.reload.Unlock()
-	data, err := os.ReadFile(a.path)
-	if err != nil {
-		return fmt.Errorf("reading auth file: %w", err)
-	}
-	ks, err := ParseKeys(data)
-	if err != nil {
-		return fmt.Errorf("%s: %w", a.path, err)
-	}
-	a.keys.Store(ks)
-	return nil
-}
-
-// Path returns the auth file's path.
-func (a *Authenticator) Path() string { return a.path }
+func (a *Authenticator) Reload() error { return a.file.Reload() }
 
 // Keys returns the key set in force.
-func (a *Authenticator) Keys() *KeySet { return a.keys.Load() }
+func (a *Authenticator) Keys() *KeySet { return a.file.Current() }
 
 // Check authenticates r by its API key, taken from "Authorization: Bearer
 // <key>" or "X-API-Key: <key>", and authorizes it to publish to topic. It
@@ -364,5 +293,5 @@ func (a *Authenticator) Keys() *KeySet { return a.keys.Load() }
 // key, malformed, unknown) or ErrForbidden (the key's filters don't match
 // topic; keyName is then set too).
 func (a *Authenticator) Check(r *http.Request, topic string) (keyName string, err error) {
-	return a.keys.Load().Check(r, topic)
+	return a.file.Current().Check(r, topic)
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mqttgw/mqttgw/gateway"
+	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
 
 // A request whose body never arrives used to get no answer at all: after
@@ -30,16 +31,15 @@ func TestRequestWhoseBodyNeverArrives(t *testing.T) {
 	cfg := testCfg
 	cfg.BodyReadTimeout = bodyTimeout
 	authFile := filepath.Join(t.TempDir(), "keys.yaml")
-	writeAuthFile(t, authFile, authYAML())
+	gatewaytest.WriteFile(t, authFile, authYAML())
 	auth, err := NewAuthenticator(authFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw := &specGateway{
+	gw := &fakeGateway{
 		RequestFn: func(context.Context, gateway.Request) (gateway.Reply, error) {
 			return gateway.Reply{Payload: []byte("should not get here")}, nil
 		},
-		ReadyFn: func() error { return nil },
 	}
 	open := newLocalServer(t, NewServer(nil, gw, cfg))
 	cfg.Auth = auth
@@ -107,11 +107,10 @@ func TestRequestWhoseBodyNeverArrives(t *testing.T) {
 
 // A request whose body was read keeps its connection.
 func TestRequestWithBodyKeepsItsConnection(t *testing.T) {
-	gw := &specGateway{
+	gw := &fakeGateway{
 		RequestFn: func(_ context.Context, req gateway.Request) (gateway.Reply, error) {
 			return gateway.Reply{Payload: req.Payload}, nil
 		},
-		ReadyFn: func() error { return nil },
 	}
 	srv := newLocalServer(t, NewServer(nil, gw, testCfg))
 	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
@@ -139,7 +138,7 @@ func TestMetricMethodLabelIsBounded(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	cfg := testCfg
 	cfg.Registerer, cfg.Gatherer = reg, reg
-	srv := newLocalServer(t, NewServer(nil, &specGateway{ReadyFn: func() error { return nil }}, cfg))
+	srv := newLocalServer(t, NewServer(nil, &fakeGateway{}, cfg))
 	for i := range 300 {
 		method := fmt.Sprintf("X%d%s", i, strings.Repeat("Y", rand.IntN(2000)))
 		req, err := http.NewRequest(method, srv.URL+"/metrics", nil)

@@ -97,12 +97,12 @@ func classify(err error) (problemKind, string) {
 	case errors.As(err, &invalid):
 		kind := probInvalidHeader
 		switch invalid.Field {
-		case "topic":
+		case gateway.FieldTopic:
 			kind = probInvalidTopic
-		case "qos":
+		case gateway.FieldQoS:
 			kind = probInvalidParameter
 		}
-		return kind, invalid.Field + ": " + invalid.Reason
+		return kind, string(invalid.Field) + ": " + invalid.Reason
 	case errors.Is(err, gateway.ErrTooLarge):
 		return probBodyTooLarge, err.Error()
 	case errors.Is(err, gateway.ErrNoResponders):

@@ -18,9 +18,9 @@ import (
 	"github.com/mqttgw/mqttgw/gateway"
 )
 
-// Gateway is what the API needs from the RPC core. Its methods must be safe
-// to be called concurrently.
-type Gateway interface {
+// Requester is what the API needs from the RPC core (gateway.Gateway is
+// one). Its methods must be safe to be called concurrently.
+type Requester interface {
 	Request(ctx context.Context, req gateway.Request) (gateway.Reply, error)
 	// Ready returns nil when requests can be served, or why not.
 	Ready() error
@@ -30,8 +30,11 @@ type Gateway interface {
 type Config struct {
 	DefaultTimeout time.Duration // when the request has no ?timeout; default 10s
 	MaxTimeout     time.Duration // largest ?timeout a client may ask for; default 60s
-	DefaultQoS     byte          // when the request has no ?qos; default 1 (see DESIGN §2)
-	MaxBody        int64         // largest request body in bytes; default 1 MiB
+	// DefaultQoS applies when the request has no ?qos; default 1: a QoS 1
+	// PUBACK tells "no matching subscribers" (0x10) on brokers that send
+	// it, so a missing responder is a 503 at once rather than a 504.
+	DefaultQoS byte
+	MaxBody    int64 // largest request body in bytes; default 1 MiB
 	// ReservedPrefix is the gateways' response prefix, which requests may
 	// not publish under. Default gateway.DefaultResponsePrefix.
 	ReservedPrefix string
@@ -53,10 +56,11 @@ type Config struct {
 	Gatherer   prometheus.Gatherer
 }
 
-// DefaultConfig returns the defaults of DESIGN §2.
+// DefaultConfig returns the defaults, as the README's configuration table
+// lists them.
 func DefaultConfig() Config {
 	return Config{
-		DefaultTimeout:  10 * time.Second,
+		DefaultTimeout:  gateway.DefaultTimeout,
 		MaxTimeout:      60 * time.Second,
 		DefaultQoS:      1,
 		MaxBody:         1 << 20,
@@ -95,7 +99,7 @@ func (c Config) Validate() error {
 // Server is the HTTP handler of the gateway.
 type Server struct {
 	log     *slog.Logger
-	gw      Gateway
+	gw      Requester
 	cfg     Config
 	handler http.Handler
 	mux     *chi.Mux // for the Allow header of 405s
@@ -112,7 +116,7 @@ type Server struct {
 }
 
 // NewServer returns the gateway's HTTP handler. cfg must pass Validate.
-func NewServer(logger *slog.Logger, gw Gateway, cfg Config) *Server {
+func NewServer(logger *slog.Logger, gw Requester, cfg Config) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}

@@ -8,12 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
 	"github.com/mqttgw/mqttgw/gateway"
+	"github.com/mqttgw/mqttgw/gateway/grantfile"
 )
 
 // Config configures the embedded broker.
@@ -83,6 +83,18 @@ const (
 // credential is checked.
 const maxConnectPacket = 64 << 10
 
+// Defaults of the connection limits in Config.
+const (
+	// PacketHeadroom is what a packet needs beyond its payload: topic,
+	// properties, headers. The default MaxPacketSize is 1 MiB of payload
+	// plus this.
+	PacketHeadroom        = 64 << 10
+	DefaultConnectTimeout = 5 * time.Second
+	DefaultMaxKeepAlive   = 120 * time.Second
+	DefaultWriteBuffer    = 8 << 20
+	DefaultWriteTimeout   = 30 * time.Second
+)
+
 // Validate reports the first limit that can't work, after filling in the
 // defaults of those left zero.
 func (c *Config) Validate() error {
@@ -97,19 +109,19 @@ func (c *Config) setDefaults() error {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.MaxPacketSize == 0 {
-		c.MaxPacketSize = 1<<20 + 64<<10
+		c.MaxPacketSize = 1<<20 + PacketHeadroom
 	}
 	if c.ConnectTimeout == 0 {
-		c.ConnectTimeout = 5 * time.Second
+		c.ConnectTimeout = DefaultConnectTimeout
 	}
 	if c.MaxKeepAlive == 0 {
-		c.MaxKeepAlive = 120 * time.Second
+		c.MaxKeepAlive = DefaultMaxKeepAlive
 	}
 	if c.WriteBuffer == 0 {
-		c.WriteBuffer = 8 << 20
+		c.WriteBuffer = DefaultWriteBuffer
 	}
 	if c.WriteTimeout == 0 {
-		c.WriteTimeout = 30 * time.Second
+		c.WriteTimeout = DefaultWriteTimeout
 	}
 	if c.SlowSubscribers == "" {
 		c.SlowSubscribers = SlowDrop
@@ -168,11 +180,11 @@ func New(cfg Config) (*Broker, error) {
 	// Read the users file before binding anything, so that a bad file
 	// leaves no listener behind.
 	if cfg.UsersFile != "" {
-		t, err := loadUsers(cfg.UsersFile)
+		f, err := grantfile.Open("users file", cfg.UsersFile, parseUsers)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("broker: %w", err)
 		}
-		hook.users.Store(t)
+		hook.users = f
 	}
 
 	b := &Broker{srv: mqtt.New(&mqtt.Options{
@@ -233,19 +245,6 @@ func New(cfg Config) (*Broker, error) {
 	return b, nil
 }
 
-// loadUsers reads and parses a users file; its errors name the file.
-func loadUsers(path string) (*userTable, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("broker: users file: %w", err)
-	}
-	t, err := parseUsers(data)
-	if err != nil {
-		return nil, fmt.Errorf("broker: users file %s: %w", path, err)
-	}
-	return t, nil
-}
-
 // ReloadUsers re-reads Config.UsersFile (call it on SIGHUP). On success
 // the new users take effect at once, for clients already connected too:
 // their sessions stay, but every later ACL check uses the new filters,
@@ -254,15 +253,13 @@ func loadUsers(path string) (*userTable, error) {
 // force and the error names the file and the problem. Without a users
 // file it does nothing.
 func (b *Broker) ReloadUsers() error {
-	if b.usersFile == "" {
+	if b.hook.users == nil {
 		return nil
 	}
-	t, err := loadUsers(b.usersFile)
-	if err != nil {
-		return err
+	if err := b.hook.users.Reload(); err != nil {
+		return fmt.Errorf("broker: %w", err)
 	}
-	b.hook.users.Store(t)
-	b.log.Info("mqtt users reloaded", "file", b.usersFile, "users", len(t.users))
+	b.log.Info("mqtt users reloaded", "file", b.usersFile, "users", len(b.hook.table().users))
 	return nil
 }
 
@@ -320,13 +317,6 @@ func (b *Broker) Ready() error {
 		return b.ws.Err()
 	}
 	return nil
-}
-
-// HasSubscribers reports whether any client subscribes to a filter that
-// matches topic.
-func (b *Broker) HasSubscribers(topic string) bool {
-	s := b.srv.Topics.Subscribers(topic)
-	return len(s.Subscriptions)+len(s.Shared)+len(s.InlineSubscriptions) > 0
 }
 
 // Close disconnects every client and stops the listeners. New connections

@@ -2,23 +2,21 @@ package broker_test
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 	"go.uber.org/goleak"
 
 	"github.com/mqttgw/mqttgw/broker"
+	"github.com/mqttgw/mqttgw/broker/brokertest"
 	"github.com/mqttgw/mqttgw/gateway"
 	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
@@ -27,25 +25,11 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// mustStart starts an embedded broker on loopback ports chosen by the OS
-// and a gateway on its in-process transport.
-func mustStart(tb testing.TB, ws bool) (*broker.Broker, *gateway.Gateway) {
-	tb.Helper()
-	cfg := broker.Config{TCPAddr: "127.0.0.1:0"}
-	if ws {
-		cfg.WSAddr = "127.0.0.1:0"
-	}
-	b, g := startBroker(tb, cfg)
-	if err := g.Ready(); err != nil {
-		tb.Fatalf("gateway not ready after Start: %v", err)
-	}
-	return b, g
-}
-
+// mqttURL is the URL of b's plain MQTT listener.
 func mqttURL(b *broker.Broker) string { return "mqtt://" + b.Addr() }
 
 func TestRoundTripCarriesProperties(t *testing.T) {
-	b, g := mustStart(t, false)
+	b, g := brokertest.Start(t, broker.Config{})
 	var seen atomic.Pointer[paho.Publish]
 	gatewaytest.StartResponder(t, mqttURL(b), "svc/echo", 2, func(req *paho.Publish) *paho.Publish {
 		seen.Store(req)
@@ -88,7 +72,7 @@ func TestRoundTripCarriesProperties(t *testing.T) {
 }
 
 func TestNoRespondersIsImmediate(t *testing.T) {
-	_, g := mustStart(t, false)
+	_, g := brokertest.Start(t, broker.Config{})
 	start := time.Now()
 	_, err := g.Request(context.Background(), gateway.Request{Topic: "nobody/home", QoS: 1})
 	if !errors.Is(err, gateway.ErrNoResponders) {
@@ -105,7 +89,7 @@ func TestNoRespondersIsImmediate(t *testing.T) {
 }
 
 func TestWildcardAndSharedSubscribersCount(t *testing.T) {
-	b, g := mustStart(t, false)
+	b, g := brokertest.Start(t, broker.Config{})
 	gatewaytest.StartResponder(t, mqttURL(b), "$share/workers/jobs/+/run", 1, gatewaytest.Echo)
 	gatewaytest.StartResponder(t, mqttURL(b), "sensors/#", 1, gatewaytest.Echo)
 	for _, topic := range []string{"jobs/7/run", "sensors/a/b"} {
@@ -118,53 +102,10 @@ func TestWildcardAndSharedSubscribersCount(t *testing.T) {
 	}
 }
 
-func TestTimeoutAndLateReply(t *testing.T) {
-	b, g := mustStart(t, false)
-	release := make(chan struct{})
-	gatewaytest.StartResponder(t, mqttURL(b), "svc/slow", 1, func(req *paho.Publish) *paho.Publish {
-		<-release
-		return gatewaytest.Echo(req)
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	_, err := g.Request(ctx, gateway.Request{Topic: "svc/slow", QoS: 1})
-	if !errors.Is(err, gateway.ErrTimeout) {
-		t.Fatalf("got %v, want ErrTimeout", err)
-	}
-	close(release)
-	waitFor(t, func() bool { return g.Stats().Late == 1 })
-}
-
-func TestDuplicateReplies(t *testing.T) {
-	b, g := mustStart(t, false)
-	var cm atomic.Pointer[autopaho.ConnectionManager]
-	cm.Store(dial(t, mqttURL(b), nil))
-	gatewaytest.StartResponder(t, mqttURL(b), "svc/twice", 1, func(req *paho.Publish) *paho.Publish {
-		// Answer once more by hand, then let the responder answer.
-		_, _ = cm.Load().Publish(context.Background(), &paho.Publish{
-			Topic: req.Properties.ResponseTopic, QoS: 1, Payload: []byte("first"),
-			Properties: &paho.PublishProperties{CorrelationData: req.Properties.CorrelationData},
-		})
-		// mochi sends the PUBACK before it delivers the publish: wait
-		// until the gateway has the first reply, or the second, from
-		// another connection, could overtake it. (No t.Fatal off the
-		// test goroutine: a timeout fails the assertion below.)
-		for deadline := time.Now().Add(5 * time.Second); g.Stats().Pending != 0 && time.Now().Before(deadline); {
-			time.Sleep(time.Millisecond)
-		}
-		return &paho.Publish{QoS: 1, Payload: []byte("second")}
-	})
-	reply, err := g.Request(context.Background(), gateway.Request{Topic: "svc/twice", QoS: 1})
-	if err != nil || string(reply.Payload) != "first" {
-		t.Fatalf("got %q, %v; want the first reply", reply.Payload, err)
-	}
-	waitFor(t, func() bool { return g.Stats().Duplicates == 1 })
-}
-
 // TestConcurrentOutOfOrder sends 1,000 requests at once to a responder that
 // answers in random order; each must get its own reply.
 func TestConcurrentOutOfOrder(t *testing.T) {
-	b, g := mustStart(t, false)
+	b, g := brokertest.Start(t, broker.Config{})
 	resp := gatewaytest.StartResponder(t, mqttURL(b), "svc/shuffle", 1, func(req *paho.Publish) *paho.Publish {
 		time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond)
 		return gatewaytest.Echo(req)
@@ -202,14 +143,14 @@ func TestConcurrentOutOfOrder(t *testing.T) {
 // TestRepliesArePrivate checks that no network client can read the
 // gateway's replies, whatever filter it subscribes with.
 func TestRepliesArePrivate(t *testing.T) {
-	b, g := mustStart(t, false)
+	b, g := brokertest.Start(t, broker.Config{})
 	gatewaytest.StartResponder(t, mqttURL(b), "svc/secret", 1, func(req *paho.Publish) *paho.Publish {
 		return &paho.Publish{QoS: 1, Payload: []byte("the reply")}
 	})
 
 	var leaked atomic.Int64
 	var sawRequest atomic.Bool
-	spy := dial(t, mqttURL(b), func(p *paho.Publish) {
+	spy := gatewaytest.Dial(t, mqttURL(b), gatewaytest.ClientOptions{}, func(p *paho.Publish) {
 		if strings.HasPrefix(p.Topic, gateway.DefaultResponsePrefix) {
 			leaked.Add(1)
 		}
@@ -244,14 +185,14 @@ func TestRepliesArePrivate(t *testing.T) {
 	}
 	// The spy sees the requests ("#" works), so it would have seen the
 	// replies had they reached it.
-	waitFor(t, sawRequest.Load)
+	gatewaytest.Eventually(t, 5*time.Second, "the spy sees the requests", sawRequest.Load)
 	if n := leaked.Load(); n != 0 {
 		t.Fatalf("a network client read %d replies", n)
 	}
 }
 
 func TestWebSocketListener(t *testing.T) {
-	b, g := mustStart(t, true)
+	b, g := brokertest.Start(t, broker.Config{TCPAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0"})
 	if b.WSAddr() == "" || strings.HasSuffix(b.WSAddr(), ":0") {
 		t.Fatalf("WSAddr %q is not a bound address", b.WSAddr())
 	}
@@ -277,66 +218,5 @@ func TestBindErrorsAreReturned(t *testing.T) {
 			b.Close()
 			t.Fatalf("New(%+v) succeeded on a port in use", cfg)
 		}
-	}
-}
-
-// dial connects a plain paho client; onMessage, if set, sees every
-// publish it receives.
-func dial(t *testing.T, serverURL string, onMessage func(*paho.Publish)) *autopaho.ConnectionManager {
-	t.Helper()
-	return dialAs(t, serverURL, clientOpts{}, onMessage)
-}
-
-// clientOpts are the credentials and TLS settings of a test client.
-type clientOpts struct {
-	user, password string
-	clientID       string
-	tls            *tls.Config
-}
-
-// dialAs connects a paho client as o says; onMessage, if set, sees every
-// publish it receives. The test's cleanup disconnects it.
-func dialAs(t *testing.T, serverURL string, o clientOpts, onMessage func(*paho.Publish)) *autopaho.ConnectionManager {
-	t.Helper()
-	u, _ := url.Parse(serverURL)
-	ctx, cancel := context.WithCancel(context.Background())
-	cm, err := autopaho.NewConnection(ctx, autopaho.ClientConfig{
-		ServerUrls: []*url.URL{u}, KeepAlive: 30, CleanStartOnInitialConnection: true,
-		ConnectUsername: o.user, ConnectPassword: []byte(o.password), TlsCfg: o.tls,
-		ClientConfig: paho.ClientConfig{ClientID: o.clientID, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
-			func(pr paho.PublishReceived) (bool, error) {
-				if onMessage != nil {
-					onMessage(pr.Packet)
-				}
-				return true, nil
-			},
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer dcancel()
-		_ = cm.Disconnect(dctx)
-		cancel()
-	})
-	actx, acancel := context.WithTimeout(ctx, 5*time.Second)
-	defer acancel()
-	if err := cm.AwaitConnection(actx); err != nil {
-		t.Fatal(err)
-	}
-	return cm
-}
-
-// waitFor polls cond until it holds or 5s pass.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
 
 func testLimits() *connLimits {
@@ -211,13 +213,7 @@ func TestDeadListenerMakesBrokerUnready(t *testing.T) {
 		t.Fatalf("fresh broker not ready: %v", err)
 	}
 	b.tcp.ln.Close() // as if the socket failed for good
-	deadline := time.Now().Add(5 * time.Second)
-	for b.Ready() == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("broker still ready with a dead listener")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	gatewaytest.Eventually(t, 5*time.Second, "broker unready with a dead listener", func() bool { return b.Ready() != nil })
 	if err := b.Ready(); !bytes.Contains([]byte(err.Error()), []byte("mqtt listener tcp")) {
 		t.Fatalf("Ready: %v; want it to name the listener", err)
 	}

@@ -2,11 +2,12 @@ package broker
 
 import (
 	"bytes"
-	"strings"
-	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/mqttgw/mqttgw/gateway"
+	"github.com/mqttgw/mqttgw/gateway/grantfile"
 )
 
 // accessHook is the broker's only auth hook: mochi ORs the answers of its
@@ -29,10 +30,10 @@ type accessHook struct {
 	// congested (see conn); stats counts them.
 	dropSlow bool
 	stats    *connStats
-	// users is the current users file; nil means anonymous access. Checks
-	// load it once each, so a ReloadUsers applies to every later check,
-	// including those of clients already connected.
-	users atomic.Pointer[userTable]
+	// users is the users file; nil means anonymous access. Checks read
+	// its content once each, so a ReloadUsers applies to every later
+	// check, including those of clients already connected.
+	users *grantfile.File[*userTable]
 }
 
 func (h *accessHook) ID() string { return "mqttgw-access" }
@@ -46,7 +47,7 @@ func (h *accessHook) Provides(b byte) bool {
 // unknown users, wrong passwords, wills the user may not publish, and a
 // client id whose session belongs to another user.
 func (h *accessHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
-	t := h.users.Load()
+	t := h.table()
 	if t == nil {
 		return true
 	}
@@ -103,7 +104,7 @@ func (h *accessHook) refuse(cl *mqtt.Client, why string, attrs ...any) {
 // delivery a subscribe filter matching the topic. A client whose user is
 // no longer listed (after ReloadUsers) may do nothing.
 func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	t := h.users.Load()
+	t := h.table()
 	if t != nil && cl.Net.Inline {
 		return true // the gateway's own client: no user, checked by nobody
 	}
@@ -116,8 +117,8 @@ func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 		u := t.lookup(cl.Properties.Username)
 		return u != nil && u.canPublish(topic)
 	}
-	filter := stripShare(topic)
-	if reserved(filter, h.prefix) {
+	filter := gateway.StripShare(topic)
+	if gateway.Under(filter, h.prefix) {
 		return false
 	}
 	// mochi asks here before it queues a delivery, and before it takes
@@ -147,7 +148,7 @@ func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 // made forbidden since. mochi can't be told to drop a will, but one with
 // an empty topic matches no subscriber and is not retained.
 func (h *accessHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
-	t := h.users.Load()
+	t := h.table()
 	if t == nil || cl.Net.Inline {
 		return will, nil
 	}
@@ -160,19 +161,10 @@ func (h *accessHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) 
 	return mqtt.Will{Flag: will.Flag}, nil
 }
 
-// stripShare removes a "$share/<group>/" prefix from a filter [MQTT-4.8.2].
-func stripShare(filter string) string {
-	rest, ok := strings.CutPrefix(filter, "$share/")
-	if !ok {
-		return filter
+// table is the users file in force, or nil without one.
+func (h *accessHook) table() *userTable {
+	if h.users == nil {
+		return nil
 	}
-	if _, f, ok := strings.Cut(rest, "/"); ok {
-		return f
-	}
-	return filter
-}
-
-// reserved reports whether topic is prefix or lies under it.
-func reserved(topic, prefix string) bool {
-	return topic == prefix || (strings.HasPrefix(topic, prefix) && topic[len(prefix)] == '/')
+	return h.users.Current()
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mqttgw/mqttgw/broker"
+	"github.com/mqttgw/mqttgw/broker/brokertest"
 	"github.com/mqttgw/mqttgw/gateway"
 	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
@@ -87,15 +88,15 @@ func (e endpoint) dial(t *testing.T, rcvbuf int) net.Conn {
 // TCP for responders), each with a gateway; it returns the four endpoints.
 func hostileBrokers(t *testing.T, cfg broker.Config) ([]endpoint, []*broker.Broker, []*gateway.Gateway) {
 	t.Helper()
-	serverTLS, clientTLS := testCerts(t)
-	clientTLS.ServerName = "127.0.0.1"
+	pki := gatewaytest.NewPKI(t)
+	serverTLS, clientTLS := pki.ServerTLS(t), pki.ClientTLS(t, false)
 	plain := cfg
 	plain.TCPAddr, plain.WSAddr = "127.0.0.1:0", "127.0.0.1:0"
-	b1, g1 := startBroker(t, plain)
+	b1, g1 := brokertest.Start(t, plain)
 	secure := cfg
 	// Its TCP listener is for responders.
 	secure.TCPAddr, secure.TLSAddr, secure.WSAddr, secure.TLS = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", serverTLS
-	b2, g2 := startBroker(t, secure)
+	b2, g2 := brokertest.Start(t, secure)
 	return []endpoint{
 		{kind: "tcp", addr: b1.Addr()},
 		{kind: "ws", addr: b1.WSAddr()},
@@ -366,7 +367,7 @@ func TestSubscriberThatDoesNotRead(t *testing.T) {
 }
 
 func TestSubscriberThatTakesNothingIsDisconnected(t *testing.T) {
-	b, g := startBroker(t, broker.Config{TCPAddr: "127.0.0.1:0", WriteTimeout: 300 * time.Millisecond, MaxPacketSize: 128 << 10, WriteBuffer: 16 << 20})
+	b, g := brokertest.Start(t, broker.Config{WriteTimeout: 300 * time.Millisecond, MaxPacketSize: 128 << 10, WriteBuffer: 16 << 20})
 	gatewaytest.StartResponder(t, "mqtt://"+b.Addr(), "svc/echo", 1, gatewaytest.Echo)
 	spy(t, endpoint{kind: "tcp", addr: b.Addr()})
 	payload := make([]byte, 100<<10)
@@ -379,22 +380,22 @@ func TestSubscriberThatTakesNothingIsDisconnected(t *testing.T) {
 		}
 		cancel()
 	}
-	waitFor(t, func() bool {
+	gatewaytest.Eventually(t, 5*time.Second, "the spy disconnected for its write timeout", func() bool {
 		return metric(t, b, "mqttgw_embedded_broker_slow_disconnects_total", "reason=write_timeout") == 1
 	})
 	// The broker let go of it: only the responder is left. (The spy
 	// itself would see the close only after draining megabytes of
 	// kernel buffers through its tiny window.)
-	waitFor(t, func() bool {
+	gatewaytest.Eventually(t, 5*time.Second, "only the responder connected", func() bool {
 		return metric(t, b, "mqttgw_embedded_broker_clients_connected", "") == 1
 	})
 }
 
 // The WSS listener's TLS errors used to be plain-text lines in a JSON log.
 func TestWebSocketListenerLogsInTheBrokersFormat(t *testing.T) {
-	serverTLS, _ := testCerts(t)
+	serverTLS := gatewaytest.NewPKI(t).ServerTLS(t)
 	var logs gatewaytest.Buffer
-	b, _ := startBroker(t, broker.Config{WSAddr: "127.0.0.1:0", TLS: serverTLS, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	b, _ := brokertest.Start(t, broker.Config{WSAddr: "127.0.0.1:0", TLS: serverTLS, Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
 	c, err := net.Dial("tcp", b.WSAddr())
 	if err != nil {
 		t.Fatal(err)
@@ -402,7 +403,7 @@ func TestWebSocketListenerLogsInTheBrokersFormat(t *testing.T) {
 	c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")) // plain HTTP to a TLS port
 	io.Copy(io.Discard, c)
 	c.Close()
-	waitFor(t, func() bool { return strings.Contains(logs.String(), "TLS handshake error") })
+	gatewaytest.Eventually(t, 5*time.Second, "a TLS handshake error logged", func() bool { return strings.Contains(logs.String(), "TLS handshake error") })
 	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
 		if !json.Valid([]byte(line)) {
 			t.Fatalf("log line is not JSON: %s", line)

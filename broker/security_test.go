@@ -2,15 +2,10 @@ package broker_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -22,76 +17,12 @@ import (
 
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mqttgw/mqttgw/broker"
+	"github.com/mqttgw/mqttgw/broker/brokertest"
 	"github.com/mqttgw/mqttgw/gateway"
+	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
-
-// testUser is an entry of a generated users file.
-type testUser struct {
-	name, password     string
-	publish, subscribe []string
-}
-
-// writeUsers writes a users file for users to path, atomically, so that a
-// concurrent reload never reads half a file.
-func writeUsers(t *testing.T, path string, users ...testUser) {
-	t.Helper()
-	var b strings.Builder
-	b.WriteString("users:\n")
-	for _, u := range users {
-		h, err := bcrypt.GenerateFromPassword([]byte(u.password), bcrypt.MinCost)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&b, "  - username: %q\n    password_bcrypt: %q\n    publish: %s\n    subscribe: %s\n",
-			u.name, h, yamlList(u.publish), yamlList(u.subscribe))
-	}
-	writeFile(t, path, b.String())
-}
-
-func yamlList(l []string) string {
-	q := make([]string, len(l))
-	for i, s := range l {
-		q[i] = fmt.Sprintf("%q", s)
-	}
-	return "[" + strings.Join(q, ", ") + "]"
-}
-
-func writeFile(t *testing.T, path, content string) {
-	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// startBroker starts an embedded broker with cfg (listeners on loopback)
-// and a gateway on its in-process transport.
-func startBroker(t testing.TB, cfg broker.Config) (*broker.Broker, *gateway.Gateway) {
-	t.Helper()
-	b, err := broker.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
-	g, err := gateway.New(gateway.Config{}, b.Transport())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := g.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.Close(context.Background()) })
-	return b, g
-}
 
 // connectOnce sends one CONNECT to the plain MQTT listener at addr and
 // returns the CONNACK; on success it disconnects again.
@@ -117,18 +48,6 @@ func login(user, password string) *paho.Connect {
 	return &paho.Connect{Username: user, UsernameFlag: true, Password: []byte(password), PasswordFlag: true}
 }
 
-// subscribe subscribes cm to filter and returns the SUBACK's reason code.
-func subscribe(t *testing.T, cm *autopaho.ConnectionManager, filter string) byte {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	sa, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: 1}}})
-	if sa == nil || len(sa.Reasons) != 1 {
-		t.Fatalf("subscribe %q: %v", filter, err)
-	}
-	return sa.Reasons[0]
-}
-
 // publish publishes at QoS 1 and returns the PUBACK's reason code.
 func publish(t *testing.T, cm *autopaho.ConnectionManager, topic, payload string) byte {
 	t.Helper()
@@ -141,10 +60,11 @@ func publish(t *testing.T, cm *autopaho.ConnectionManager, topic, payload string
 	return pr.ReasonCode
 }
 
-// startEchoResponder is gatewaytest.StartResponder with credentials and
-// TLS: it subscribes to filter and echoes each request's payload to its
-// response topic. It returns the responder's connection.
-func startEchoResponder(t *testing.T, serverURL string, o clientOpts, filter string) *autopaho.ConnectionManager {
+// startEchoResponder subscribes a client connected as o says to filter and
+// echoes each request's payload to its response topic. Unlike
+// gatewaytest.StartResponder it can use TLS, and it returns its
+// connection, whose own publishes the tests order after the replies.
+func startEchoResponder(t *testing.T, serverURL string, o gatewaytest.ClientOptions, filter string) *autopaho.ConnectionManager {
 	t.Helper()
 	var (
 		cm      atomic.Pointer[autopaho.ConnectionManager]
@@ -152,7 +72,7 @@ func startEchoResponder(t *testing.T, serverURL string, o clientOpts, filter str
 		stopped bool // Lock should be held.
 		wg      sync.WaitGroup
 	)
-	c := dialAs(t, serverURL, o, func(req *paho.Publish) {
+	c := gatewaytest.Dial(t, serverURL, o, func(req *paho.Publish) {
 		if req.Properties == nil || req.Properties.ResponseTopic == "" {
 			return
 		}
@@ -174,14 +94,14 @@ func startEchoResponder(t *testing.T, serverURL string, o clientOpts, filter str
 		}()
 	})
 	cm.Store(c)
-	// Cleanups run last-in first-out: this one before dialAs disconnects.
+	// Cleanups run last-in first-out: this one before Dial's disconnects.
 	t.Cleanup(func() {
 		mu.Lock()
 		stopped = true
 		mu.Unlock()
 		wg.Wait()
 	})
-	if code := subscribe(t, c, filter); code >= 0x80 {
+	if code := gatewaytest.Subscribe(t, c, filter, 1); code >= 0x80 {
 		t.Fatalf("responder subscribe %q refused: 0x%02x", filter, code)
 	}
 	return c
@@ -223,11 +143,11 @@ const (
 
 func TestUsersFileAuthentication(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users.yaml")
-	writeUsers(t, path,
-		testUser{name: "alice", password: "alice-pw", publish: []string{"alice/#"}, subscribe: []string{"alice/#"}},
-		testUser{name: "bob", password: "bob-pw", publish: []string{"bob/#"}},
+	gatewaytest.WriteUsers(t, path,
+		gatewaytest.User{Name: "alice", Password: "alice-pw", Publish: []string{"alice/#"}, Subscribe: []string{"alice/#"}},
+		gatewaytest.User{Name: "bob", Password: "bob-pw", Publish: []string{"bob/#"}},
 	)
-	b, _ := startBroker(t, broker.Config{TCPAddr: "127.0.0.1:0", UsersFile: path})
+	b, _ := brokertest.Start(t, broker.Config{UsersFile: path})
 
 	for name, cp := range map[string]*paho.Connect{
 		"anonymous":              {},
@@ -259,7 +179,7 @@ func TestUsersFileAuthentication(t *testing.T) {
 	// A client id in use belongs to its user: another user can neither
 	// take the session over (and with it, messages in flight) nor kick
 	// the owner off. The owner itself may.
-	owner := dialAs(t, "mqtt://"+b.Addr(), clientOpts{user: "alice", password: "alice-pw", clientID: "shared-id"}, nil)
+	owner := gatewaytest.Dial(t, "mqtt://"+b.Addr(), gatewaytest.ClientOptions{User: "alice", Password: "alice-pw", ClientID: "shared-id"}, nil)
 	cp := login("bob", "bob-pw")
 	cp.ClientID = "shared-id"
 	if ca, err := connectOnce(t, b.Addr(), cp); err == nil || ca == nil || ca.ReasonCode != badUserOrPassword {
@@ -277,19 +197,19 @@ func withWill(cp *paho.Connect, topic string) *paho.Connect {
 
 func TestUsersFilePublishAndSubscribe(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users.yaml")
-	writeUsers(t, path,
-		testUser{name: "limited", password: "pw", publish: []string{"allowed/#"}, subscribe: []string{"allowed/#", "jobs/+/status"}},
-		testUser{name: "monitor", password: "pw", subscribe: []string{"#"}},
+	gatewaytest.WriteUsers(t, path,
+		gatewaytest.User{Name: "limited", Password: "pw", Publish: []string{"allowed/#"}, Subscribe: []string{"allowed/#", "jobs/+/status"}},
+		gatewaytest.User{Name: "monitor", Password: "pw", Subscribe: []string{"#"}},
 	)
-	b, _ := startBroker(t, broker.Config{TCPAddr: "127.0.0.1:0", UsersFile: path})
+	b, _ := brokertest.Start(t, broker.Config{UsersFile: path})
 	u := "mqtt://" + b.Addr()
 
 	var mon recorder
-	monitor := dialAs(t, u, clientOpts{user: "monitor", password: "pw"}, mon.record)
-	if code := subscribe(t, monitor, "#"); code >= 0x80 {
+	monitor := gatewaytest.Dial(t, u, gatewaytest.ClientOptions{User: "monitor", Password: "pw"}, mon.record)
+	if code := gatewaytest.Subscribe(t, monitor, "#", 1); code >= 0x80 {
 		t.Fatalf("monitor subscribe #: 0x%02x", code)
 	}
-	limited := dialAs(t, u, clientOpts{user: "limited", password: "pw"}, nil)
+	limited := gatewaytest.Dial(t, u, gatewaytest.ClientOptions{User: "limited", Password: "pw"}, nil)
 
 	if code := publish(t, limited, "forbidden/x", "no"); code != notAuthorized {
 		t.Errorf("publish outside the filters: PUBACK 0x%02x, want 0x87", code)
@@ -302,7 +222,7 @@ func TestUsersFilePublishAndSubscribe(t *testing.T) {
 	}
 	// mochi delivers one client's publishes in order, so once "allowed/x"
 	// has arrived, "forbidden/x" would have too.
-	waitFor(t, func() bool { return mon.seen("allowed/x") })
+	gatewaytest.Eventually(t, 5*time.Second, "allowed/x delivered", func() bool { return mon.seen("allowed/x") })
 	if mon.seen("forbidden/x") {
 		t.Error("a refused publish was delivered")
 	}
@@ -325,7 +245,7 @@ func TestUsersFilePublishAndSubscribe(t *testing.T) {
 		"allowed/../forbidden":  true, // levels are not paths: a topic under allowed/
 		"$share/g/jobs/+/statu": false,
 	} {
-		code := subscribe(t, limited, filter)
+		code := gatewaytest.Subscribe(t, limited, filter, 1)
 		if want && code >= 0x80 || !want && code != notAuthorized {
 			t.Errorf("subscribe %q: SUBACK 0x%02x, want allowed=%v (0x87 when refused)", filter, code, want)
 		}
@@ -337,18 +257,18 @@ func TestUsersFilePublishAndSubscribe(t *testing.T) {
 // only if their publish filters say so.
 func TestUsersFileRepliesStayPrivate(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users.yaml")
-	writeUsers(t, path,
-		testUser{name: "responder", password: "r", publish: []string{"mqttgw/reply/#", "done/#"}, subscribe: []string{"svc/#"}},
-		testUser{name: "mute", password: "m", subscribe: []string{"svc/#"}},
+	gatewaytest.WriteUsers(t, path,
+		gatewaytest.User{Name: "responder", Password: "r", Publish: []string{"mqttgw/reply/#", "done/#"}, Subscribe: []string{"svc/#"}},
+		gatewaytest.User{Name: "mute", Password: "m", Subscribe: []string{"svc/#"}},
 		// The file tries to grant the replies: it can't.
-		testUser{name: "spy", password: "s", subscribe: []string{"#", "mqttgw/reply/#", "mqttgw/#"}},
+		gatewaytest.User{Name: "spy", Password: "s", Subscribe: []string{"#", "mqttgw/reply/#", "mqttgw/#"}},
 	)
-	b, g := startBroker(t, broker.Config{TCPAddr: "127.0.0.1:0", UsersFile: path})
+	b, g := brokertest.Start(t, broker.Config{UsersFile: path})
 	u := "mqtt://" + b.Addr()
-	responder := startEchoResponder(t, u, clientOpts{user: "responder", password: "r"}, "svc/echo")
+	responder := startEchoResponder(t, u, gatewaytest.ClientOptions{User: "responder", Password: "r"}, "svc/echo")
 
 	var spied recorder
-	spy := dialAs(t, u, clientOpts{user: "spy", password: "s"}, spied.record)
+	spy := gatewaytest.Dial(t, u, gatewaytest.ClientOptions{User: "spy", Password: "s"}, spied.record)
 	for filter, want := range map[string]bool{
 		"#":                             true,
 		"mqttgw/#":                      true,
@@ -357,7 +277,7 @@ func TestUsersFileRepliesStayPrivate(t *testing.T) {
 		g.ResponseTopic():               false,
 		"$share/g/" + g.ResponseTopic(): false,
 	} {
-		code := subscribe(t, spy, filter)
+		code := gatewaytest.Subscribe(t, spy, filter, 1)
 		if want && code >= 0x80 || !want && code != notAuthorized {
 			t.Errorf("spy subscribe %q: SUBACK 0x%02x, want allowed=%v", filter, code, want)
 		}
@@ -377,7 +297,7 @@ func TestUsersFileRepliesStayPrivate(t *testing.T) {
 	if code := publish(t, responder, "done/1", ""); code != 0 {
 		t.Fatalf("marker: 0x%02x", code)
 	}
-	waitFor(t, func() bool { return spied.seen("done/1") })
+	gatewaytest.Eventually(t, 5*time.Second, "the marker reaches the spy", func() bool { return spied.seen("done/1") })
 	requests := 0
 	for _, tp := range spied.all() {
 		if strings.HasPrefix(tp, gateway.DefaultResponsePrefix) {
@@ -392,7 +312,7 @@ func TestUsersFileRepliesStayPrivate(t *testing.T) {
 	}
 
 	// A responder without the prefix in its publish filters can't answer.
-	startEchoResponder(t, u, clientOpts{user: "mute", password: "m"}, "svc/mute")
+	startEchoResponder(t, u, gatewaytest.ClientOptions{User: "mute", Password: "m"}, "svc/mute")
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	if _, err := g.Request(ctx, gateway.Request{Topic: "svc/mute", QoS: 1}); !errors.Is(err, gateway.ErrTimeout) {
@@ -402,24 +322,24 @@ func TestUsersFileRepliesStayPrivate(t *testing.T) {
 
 func TestReloadUsers(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users.yaml")
-	pub := testUser{name: "pub", password: "p", publish: []string{"#"}}
-	writeUsers(t, path, pub,
-		testUser{name: "u", password: "old", publish: []string{"a/#"}, subscribe: []string{"a/#"}},
-		testUser{name: "gone", password: "g", publish: []string{"a/#"}},
+	pub := gatewaytest.User{Name: "pub", Password: "p", Publish: []string{"#"}}
+	gatewaytest.WriteUsers(t, path, pub,
+		gatewaytest.User{Name: "u", Password: "old", Publish: []string{"a/#"}, Subscribe: []string{"a/#"}},
+		gatewaytest.User{Name: "gone", Password: "g", Publish: []string{"a/#"}},
 	)
-	b, _ := startBroker(t, broker.Config{TCPAddr: "127.0.0.1:0", UsersFile: path})
+	b, _ := brokertest.Start(t, broker.Config{UsersFile: path})
 	u := "mqtt://" + b.Addr()
 
 	var got recorder
-	sub := dialAs(t, u, clientOpts{user: "u", password: "old"}, got.record)
-	if code := subscribe(t, sub, "a/#"); code >= 0x80 {
+	sub := gatewaytest.Dial(t, u, gatewaytest.ClientOptions{User: "u", Password: "old"}, got.record)
+	if code := gatewaytest.Subscribe(t, sub, "a/#", 1); code >= 0x80 {
 		t.Fatalf("subscribe: 0x%02x", code)
 	}
-	gone := dialAs(t, u, clientOpts{user: "gone", password: "g"}, nil)
-	publisher := dialAs(t, u, clientOpts{user: "pub", password: "p"}, nil)
+	gone := gatewaytest.Dial(t, u, gatewaytest.ClientOptions{User: "gone", Password: "g"}, nil)
+	publisher := gatewaytest.Dial(t, u, gatewaytest.ClientOptions{User: "pub", Password: "p"}, nil)
 
-	writeUsers(t, path, pub,
-		testUser{name: "u", password: "new", publish: []string{"a/#"}, subscribe: []string{"a/x/#"}},
+	gatewaytest.WriteUsers(t, path, pub,
+		gatewaytest.User{Name: "u", Password: "new", Publish: []string{"a/#"}, Subscribe: []string{"a/x/#"}},
 	)
 	if err := b.ReloadUsers(); err != nil {
 		t.Fatal(err)
@@ -434,7 +354,7 @@ func TestReloadUsers(t *testing.T) {
 	// stays subscribed, but only a/x/... is delivered now.
 	publish(t, publisher, "a/y", "")
 	publish(t, publisher, "a/x/1", "")
-	waitFor(t, func() bool { return got.seen("a/x/1") })
+	gatewaytest.Eventually(t, 5*time.Second, "a/x/1 delivered", func() bool { return got.seen("a/x/1") })
 	if got.seen("a/y") {
 		t.Error("a/y delivered after the reload narrowed the filters")
 	}
@@ -446,7 +366,7 @@ func TestReloadUsers(t *testing.T) {
 	}
 
 	// A broken file: an error naming file and line, and the users stay.
-	writeFile(t, path, "users:\n  - username: u\n    password_bcrypt: plain\n")
+	gatewaytest.WriteFile(t, path, "users:\n  - username: u\n    password_bcrypt: plain\n")
 	err := b.ReloadUsers()
 	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "line 2") {
 		t.Fatalf("broken file: %v", err)
@@ -468,7 +388,7 @@ func TestReloadUsers(t *testing.T) {
 func TestUsersFileErrors(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.yaml")
-	writeFile(t, bad, "users:\n  - username: a\n    pasword_bcrypt: x\n")
+	gatewaytest.WriteFile(t, bad, "users:\n  - username: a\n    pasword_bcrypt: x\n")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -489,61 +409,21 @@ func TestUsersFileErrors(t *testing.T) {
 		}
 	}
 	// Without a users file, reloading does nothing.
-	b, _ := startBroker(t, broker.Config{TCPAddr: "127.0.0.1:0"})
+	b, _ := brokertest.Start(t, broker.Config{})
 	if err := b.ReloadUsers(); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// testCerts returns a server TLS configuration with a certificate for
-// 127.0.0.1 from a throwaway CA, and a client configuration trusting it.
-func testCerts(t *testing.T) (server, client *tls.Config) {
-	t.Helper()
-	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mqttgw test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:   now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, MinVersion: tls.VersionTLS12},
-		&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-}
-
 func TestTLSListeners(t *testing.T) {
-	serverTLS, clientTLS := testCerts(t)
-	b, g := startBroker(t, broker.Config{TCPAddr: "127.0.0.1:0", TLSAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", TLS: serverTLS})
+	pki := gatewaytest.NewPKI(t)
+	serverTLS, clientTLS := pki.ServerTLS(t), pki.ClientTLS(t, false)
+	b, g := brokertest.Start(t, broker.Config{TCPAddr: "127.0.0.1:0", TLSAddr: "127.0.0.1:0", WSAddr: "127.0.0.1:0", TLS: serverTLS})
 	if b.TLSAddr() == "" || strings.HasSuffix(b.TLSAddr(), ":0") || b.TLSAddr() == b.Addr() {
 		t.Fatalf("TLSAddr %q is not a bound address of its own", b.TLSAddr())
 	}
-	startEchoResponder(t, "mqtts://"+b.TLSAddr(), clientOpts{tls: clientTLS}, "svc/tls")
-	startEchoResponder(t, "wss://"+b.WSAddr()+"/mqtt", clientOpts{tls: clientTLS}, "svc/wss")
+	startEchoResponder(t, "mqtts://"+b.TLSAddr(), gatewaytest.ClientOptions{TLS: clientTLS}, "svc/tls")
+	startEchoResponder(t, "wss://"+b.WSAddr()+"/mqtt", gatewaytest.ClientOptions{TLS: clientTLS}, "svc/wss")
 	for _, topic := range []string{"svc/tls", "svc/wss"} {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		reply, err := g.Request(ctx, gateway.Request{Topic: topic, Payload: []byte("over " + topic), QoS: 1})
@@ -570,7 +450,7 @@ func TestTLSListeners(t *testing.T) {
 }
 
 func TestTLSConfigErrors(t *testing.T) {
-	serverTLS, _ := testCerts(t)
+	serverTLS := gatewaytest.NewPKI(t).ServerTLS(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

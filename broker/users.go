@@ -13,8 +13,8 @@ package broker
 //
 // publish lists the topic filters a user may publish to; subscribe lists
 // the filters a user may subscribe with and receive messages from. Both
-// are MQTT topic filters, "+" and "#" included, and matched with mochi's
-// own topic index so that they mean exactly what they mean to the broker.
+// are MQTT topic filters, "+" and "#" included, matched by
+// gateway.MatchFilter as MQTT defines it (the auth file's keys are too).
 // A SUBSCRIBE filter is granted when one subscribe filter covers it,
 // i.e. matches every topic it can match (filterCovers); a
 // "$share/<group>/" prefix is left out of the check. Every delivery is
@@ -27,18 +27,15 @@ package broker
 // "mqttgw/reply/#") to answer requests.
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"strings"
 	"sync"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
-	"go.yaml.in/yaml/v4"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mqttgw/mqttgw/gateway"
+	"github.com/mqttgw/mqttgw/gateway/grantfile"
 )
 
 // userTable is a parsed, validated users file. It is never modified after
@@ -52,22 +49,11 @@ type userTable struct {
 type user struct {
 	name string
 	hash []byte
-	// pub and sub hold the user's publish and subscribe filters, each
-	// subscribed under the user's name, so that topic names are matched
-	// by mochi's own matcher.
-	pub, sub *mqtt.TopicsIndex
-	// subFilters are the subscribe filters again, for filterCovers.
-	subFilters []string
+	// pub and sub are the user's publish and subscribe filters.
+	pub, sub []string
 }
 
-// usersFile and usersFileEntry are the YAML schema. Users is a pointer so
-// that a file without "users" (a truncated file, or the wrong one) is told
-// apart from an explicit "users: []"; its entries are nodes so that errors
-// can name their lines.
-type usersFile struct {
-	Users *[]yaml.Node `yaml:"users"`
-}
-
+// usersFileEntry is an entry of the users file.
 type usersFileEntry struct {
 	Username       string   `yaml:"username"`
 	PasswordBcrypt string   `yaml:"password_bcrypt"`
@@ -79,37 +65,20 @@ type usersFileEntry struct {
 // fields, a document without "users", empty or duplicate usernames,
 // password hashes that are not bcrypt, and filters that are not valid
 // MQTT topic filters. An explicit "users: []" is valid and lets nobody in.
+// Errors name the entry's line, never a hash.
 func parseUsers(data []byte) (*userTable, error) {
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, errors.New(`file is empty; it needs a "users" list`)
-	}
-	var f usersFile
-	if err := yaml.Load(data, &f, yaml.WithKnownFields()); err != nil {
+	entries, err := grantfile.Parse(data, "users", "user", func(e usersFileEntry) string { return e.Username }, parseUser)
+	if err != nil {
 		return nil, err
 	}
-	if f.Users == nil {
-		return nil, errors.New(`no "users" list`)
-	}
-	t := &userTable{users: make(map[string]*user, len(*f.Users))}
-	lines := make(map[string]int, len(*f.Users))
-	for i := range *f.Users {
-		n := &(*f.Users)[i]
-		var e usersFileEntry
-		if err := n.Load(&e, yaml.WithKnownFields()); err != nil {
-			return nil, fmt.Errorf("user %d: %w", i+1, err)
-		}
-		where := fmt.Sprintf("line %d: user %d", n.Line, i+1)
-		if e.Username != "" {
-			where += fmt.Sprintf(" (%q)", e.Username)
-		}
-		u, err := parseUser(e)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
+	t := &userTable{users: make(map[string]*user, len(entries))}
+	lines := make(map[string]int, len(entries))
+	for _, e := range entries {
+		u := e.Value
 		if line, dup := lines[u.name]; dup {
-			return nil, fmt.Errorf("%s: username already listed on line %d", where, line)
+			return nil, fmt.Errorf("%s: username already listed on line %d", e.Where, line)
 		}
-		lines[u.name] = n.Line
+		lines[u.name] = e.Line
 		t.users[u.name] = u
 	}
 	return t, nil
@@ -123,7 +92,7 @@ func parseUser(e usersFileEntry) (*user, error) {
 	if err := gateway.CheckString(e.Username); err != nil {
 		return nil, fmt.Errorf("username %v", err)
 	}
-	u := &user{name: e.Username, hash: []byte(e.PasswordBcrypt), pub: mqtt.NewTopicsIndex(), sub: mqtt.NewTopicsIndex()}
+	u := &user{name: e.Username, hash: []byte(e.PasswordBcrypt), pub: e.Publish, sub: e.Subscribe}
 	// Never echo the hash: if someone pasted the password itself here,
 	// the error would leak it into logs.
 	if e.PasswordBcrypt == "" {
@@ -136,14 +105,11 @@ func parseUser(e usersFileEntry) (*user, error) {
 		if err := checkUserFilter(f); err != nil {
 			return nil, fmt.Errorf("publish filter %q %w", f, err)
 		}
-		u.pub.Subscribe(u.name, packets.Subscription{Filter: f})
 	}
 	for _, f := range e.Subscribe {
 		if err := checkUserFilter(f); err != nil {
 			return nil, fmt.Errorf("subscribe filter %q %w", f, err)
 		}
-		u.sub.Subscribe(u.name, packets.Subscription{Filter: f})
-		u.subFilters = append(u.subFilters, f)
 	}
 	return u, nil
 }
@@ -172,7 +138,7 @@ func checkUserFilter(filter string) error {
 	}
 	// A grant names topics; which share group a client joins is its own
 	// business, and "$share/g/x" requests are checked as "x".
-	if mqtt.IsSharedFilter(filter) {
+	if gateway.IsSharedFilter(filter) {
 		return errors.New("is a shared subscription ($share/...); list the topic filter itself, which also allows $share/<group>/ subscriptions to it")
 	}
 	return nil
@@ -206,7 +172,7 @@ var dummyHash = sync.OnceValue(func() []byte {
 
 // canPublish reports whether u may publish to the topic name.
 func (u *user) canPublish(topic string) bool {
-	return matches(u.pub, topic)
+	return matchesAny(u.pub, topic)
 }
 
 // canRead reports whether u may subscribe with filter (share prefix
@@ -215,9 +181,9 @@ func (u *user) canPublish(topic string) bool {
 func (u *user) canRead(filter string) bool {
 	if !strings.ContainsAny(filter, "+#") {
 		// A topic name, or a filter that names one topic only.
-		return matches(u.sub, filter)
+		return matchesAny(u.sub, filter)
 	}
-	for _, g := range u.subFilters {
+	for _, g := range u.sub {
 		if filterCovers(g, filter) {
 			return true
 		}
@@ -225,43 +191,45 @@ func (u *user) canRead(filter string) bool {
 	return false
 }
 
-// matches reports whether a filter in idx matches the topic name.
-func matches(idx *mqtt.TopicsIndex, topic string) bool {
-	return len(idx.Subscribers(topic).Subscriptions) > 0
+// matchesAny reports whether one of filters matches the topic name.
+func matchesAny(filters []string, topic string) bool {
+	for _, f := range filters {
+		if gateway.MatchFilter(f, topic) {
+			return true
+		}
+	}
+	return false
 }
 
 // filterCovers reports whether the granted filter g matches every topic
-// name that the requested filter f matches, as mochi matches them, so that
-// a subscription to f can only ever receive what g allows. (Deliveries are
-// checked topic by topic anyway; this decides the SUBACK.)
+// name that the requested filter f matches, as gateway.MatchFilter
+// matches them, so that a subscription to f can only ever receive what g
+// allows. (Deliveries are checked topic by topic anyway; this decides the
+// SUBACK.)
 //
-// Level by level: "#" in g covers whatever f has from there on; "+" in g
-// covers "+" or any one level in f; a literal level in g covers only the
-// same literal in f. Two rules of mochi's matcher are mirrored so that the
-// answer agrees with it: wildcards at the first level never match topics
-// starting with "$" [MQTT-4.7.2-1], and "x/#" matches its parent "x" only
-// when the level before "#" is a literal, not "+".
-//
-// Levels that mix a wildcard with other characters (mochi allows "a+")
-// are compared as literals, as mochi does.
+// Level by level: "#" in g covers whatever f has from there on, the
+// parent level included [MQTT-4.7.1-2]; "+" in g covers "+" or any one
+// level in f; a literal level in g covers only the same literal in f.
+// Wildcards at the first level never match topics starting with "$"
+// [MQTT-4.7.2-1]. (Levels that mix a wildcard with other characters are
+// refused in the users file, so they don't occur here.)
 func filterCovers(g, f string) bool {
 	gl, fl := strings.Split(g, "/"), strings.Split(f, "/")
 	dollar := strings.HasPrefix(fl[0], "$") // f can match "$" topics only so
 	for i := 0; ; i++ {
 		switch {
 		case i < len(gl) && gl[i] == "#":
-			if i == 0 {
-				return !dollar
-			}
-			// f matches topics with exactly i levels (the parent of
-			// g's "#") when it ends here, or ends in "x/#" unless that
-			// parent is the empty, invalid topic of "/#"; g matches
-			// those only if its level before "#" is a literal.
-			fParent := i == len(fl) || (fl[i] == "#" && fl[i-1] != "+" && (i > 1 || fl[0] != ""))
-			return !fParent || gl[i-1] != "+"
+			// The levels before matched; "#" takes the rest, and
+			// the parent topic that f may match too.
+			return i > 0 || !dollar
 		case i == len(fl):
 			// f's topics end here; g wants more levels (or ends too).
 			return i == len(gl)
+		case fl[i] == "#" && i+2 == len(gl) && gl[i] == "+" && gl[i+1] == "#" && (i == 0 || i == 1 && fl[0] == ""):
+			// f's "#" matches one level or more here (its parent is
+			// no topic: none, or the empty one of "/#"), as g's
+			// "+/#" does.
+			return true
 		case i == len(gl), fl[i] == "#":
 			// f matches longer topics (or any depth) that g doesn't.
 			return false

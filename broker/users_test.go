@@ -1,14 +1,12 @@
 package broker
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
-	"golang.org/x/crypto/bcrypt"
+	"github.com/mqttgw/mqttgw/gateway"
+	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
 
 func TestFilterCovers(t *testing.T) {
@@ -41,8 +39,9 @@ func TestFilterCovers(t *testing.T) {
 		{"a/#", "a/b/+", true},
 		{"a/#", "b/#", false},
 		{"a/b/#", "a/#", false},
-		{"a/+/#", "a/b", false},   // mochi: "+/#" doesn't match its parent
-		{"a/+/#", "a/b/#", false}, // ... and "a/b/#" matches a/b
+		{"a/+/#", "a/b", true},   // "#" matches the parent level too
+		{"a/+/#", "a/b/#", true}, // ... so it covers a/b as well
+		{"a/+/#", "a", false},
 		{"a/+/#", "a/+/c/#", true},
 		{"a/+/#", "a/+/+", true},
 		{"+/+", "a/+", true},
@@ -50,6 +49,8 @@ func TestFilterCovers(t *testing.T) {
 		{"/", "/", true},
 		{"+/", "a/", true},
 		{"+/#", "/#", true}, // "/#" matches no parent: "" is no topic
+		{"+/#", "#", true},  // both match one level or more
+		{"a/+/#", "a/#", false},
 	} {
 		if got := filterCovers(c.g, c.f); got != c.want {
 			t.Errorf("filterCovers(%q, %q) = %v, want %v", c.g, c.f, got, c.want)
@@ -57,16 +58,16 @@ func TestFilterCovers(t *testing.T) {
 	}
 }
 
-// TestFilterCoversAgreesWithMochi checks filterCovers against mochi's own
-// matcher, exhaustively over filters of up to three levels and topics of
-// up to four: a requested filter f is covered by a granted filter g
-// exactly when every topic f matches is matched by g. For a topic name,
-// coverage must be matching itself. "b" and "$y" appear in topics only, as
-// the level no filter names.
-func TestFilterCoversAgreesWithMochi(t *testing.T) {
+// TestFilterCoversAgreesWithMatchFilter checks filterCovers against the
+// matcher of topic names, exhaustively over filters of up to three levels
+// and topics of up to four: a requested filter f is covered by a granted
+// filter g exactly when every topic f matches is matched by g. For a
+// topic name, coverage must be matching itself. "b" and "$y" appear in
+// topics only, as the level no filter names.
+func TestFilterCoversAgreesWithMatchFilter(t *testing.T) {
 	var filters, topics []string
 	for _, f := range combine([]string{"a", "$x", "", "+", "#"}, 3) {
-		if mqtt.IsValidFilter(f, false) {
+		if gateway.CheckFilter(f) == nil {
 			filters = append(filters, f)
 		}
 	}
@@ -76,11 +77,9 @@ func TestFilterCoversAgreesWithMochi(t *testing.T) {
 		}
 	}
 	matchSet := func(filter string) []bool {
-		idx := mqtt.NewTopicsIndex()
-		idx.Subscribe("c", packets.Subscription{Filter: filter})
 		set := make([]bool, len(topics))
 		for i, tp := range topics {
-			set[i] = matches(idx, tp)
+			set[i] = gateway.MatchFilter(filter, tp)
 		}
 		return set
 	}
@@ -92,7 +91,7 @@ func TestFilterCoversAgreesWithMochi(t *testing.T) {
 	for gi, g := range filters {
 		for ti, tp := range topics {
 			if got := filterCovers(g, tp); got != sets[gi][ti] {
-				t.Errorf("filterCovers(%q, topic %q) = %v, mochi matches: %v", g, tp, got, sets[gi][ti])
+				t.Errorf("filterCovers(%q, topic %q) = %v, MatchFilter: %v", g, tp, got, sets[gi][ti])
 			}
 		}
 		for fi, f := range filters {
@@ -131,17 +130,8 @@ func combine(alphabet []string, n int) []string {
 	return out
 }
 
-func mustHash(t testing.TB, password string) string {
-	t.Helper()
-	h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(h)
-}
-
 func TestParseUsers(t *testing.T) {
-	hash := mustHash(t, "secret")
+	hash := gatewaytest.Bcrypt(t, "secret")
 	table, err := parseUsers([]byte(`
 users:
   - username: responder
@@ -202,15 +192,15 @@ users:
 }
 
 func TestParseUsersErrors(t *testing.T) {
-	hash := mustHash(t, "pw")
+	hash := gatewaytest.Bcrypt(t, "pw")
 	entry := func(extra string) string {
 		return "users:\n  - username: ok\n    password_bcrypt: " + hash + "\n  - username: bob\n    password_bcrypt: " + hash + "\n" + extra
 	}
 	for _, c := range []struct{ file, want string }{
 		{"", "empty"},
 		{"  \n\t\n", "empty"},
-		{"user: []", `field user not found`},
-		{"other: 1", `field other not found`},
+		{"user: []", `unknown top-level field "user"`},
+		{"other: 1", `unknown top-level field "other"`},
 		{"users: {}", "line 1"},
 		{"# just a comment\n", `no documents`},
 		{"users:\n", `no "users" list`},
@@ -245,14 +235,12 @@ func TestParseUsersErrors(t *testing.T) {
 
 func TestLoadUsersNamesTheFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "users.yaml")
-	if err := os.WriteFile(path, []byte("users:\n  - username: x\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	_, err := loadUsers(path)
+	gatewaytest.WriteFile(t, path, "users:\n  - username: x\n")
+	_, err := New(Config{UsersFile: path})
 	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "line 2") {
 		t.Fatalf("got %v", err)
 	}
-	_, err = loadUsers(path + ".missing")
+	_, err = New(Config{UsersFile: path + ".missing"})
 	if err == nil || !strings.Contains(err.Error(), path+".missing") {
 		t.Fatalf("got %v", err)
 	}
@@ -262,7 +250,7 @@ func TestLoadUsersNamesTheFile(t *testing.T) {
 // whatever it accepts is usable: every user has a name and a bcrypt hash,
 // and matching its filters doesn't panic either.
 func FuzzParseUsers(f *testing.F) {
-	hash := mustHash(f, "pw")
+	hash := gatewaytest.Bcrypt(f, "pw")
 	for _, seed := range []string{
 		"",
 		"users: []",
@@ -289,7 +277,7 @@ func FuzzParseUsers(f *testing.F) {
 				u.canPublish(topic)
 				u.canRead(topic)
 			}
-			for _, g := range u.subFilters {
+			for _, g := range u.sub {
 				if !u.canRead(g) {
 					t.Fatalf("user %q can't subscribe with its own filter %q", name, g)
 				}

@@ -1,12 +1,15 @@
 package deploy_test
 
-// These tests keep the deployment files honest: every MQTTGW_* variable and
-// every --flag they hand to mqttgw or temperature-service must be one the
-// real binaries list in --help, and the timeouts around the gateway (nginx,
-// compose, Kubernetes) must leave room for what the gateway may take.
+// The tests of deploy/ keep the deployment files honest: every MQTTGW_*
+// variable and every --flag they hand to mqttgw or temperature-service
+// must be one the real binaries list in --help, and the timeouts around
+// the gateway (nginx, compose, Kubernetes) must leave room for what the
+// gateway may take. Each artefact has its own test file (dockerfile_test.go,
+// compose_test.go, kubernetes_test.go, nginx_test.go for both nginx
+// configurations); this file holds what they share: the binaries' --help,
+// the YAML walk, and the one check that spans them all and the README.
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,37 +20,33 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"go.yaml.in/yaml/v4"
+
+	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
 
-// binDir holds mqttgw and temperature-service, built once by TestMain.
-var binDir string
-
 func TestMain(m *testing.M) {
-	os.Exit(runTests(m))
+	code := m.Run()
+	gatewaytest.RemoveBinaries()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
-func runTests(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "mqttgw-deploy-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	// `go test` puts its own go first in PATH.
-	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator), "./cmd/mqttgw", "./cmd/temperature-service")
-	cmd.Dir = ".."
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
-		return 1
-	}
-	binDir = dir
-	return m.Run()
+// cleanEnv is the test's environment without MQTTGW_* variables, for the
+// binaries it runs: a variable set in the shell running the tests would
+// otherwise change their defaults.
+func cleanEnv() []string {
+	return slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "MQTTGW_") })
 }
 
 // program is what a binary's --help says it accepts.
@@ -75,8 +74,9 @@ var (
 // help runs the binary with args (ending in --help) and parses its flags.
 func help(t *testing.T, name string, args ...string) *program {
 	t.Helper()
-	bin := filepath.Join(binDir, name)
-	out, err := exec.Command(bin, args...).CombinedOutput()
+	cmd := exec.Command(gatewaytest.Binary(t, name), args...)
+	cmd.Env = cleanEnv()
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
@@ -354,256 +354,12 @@ func envNames(v any, add func(string)) {
 	}
 }
 
-// composeUnescape undoes compose's "$$" → "$".
-func composeUnescape(argv []string) []string {
-	out := make([]string, len(argv))
-	for i, a := range argv {
-		out[i] = strings.ReplaceAll(a, "$$", "$")
-	}
-	return out
-}
-
 // isOurImage: built from deploy/Dockerfile, or an image named mqttgw.
 func isOurImage(image string, build any) bool {
 	if b := mapOf(build); b != nil && strings.HasSuffix(str(b["dockerfile"]), "deploy/Dockerfile") {
 		return true
 	}
 	return strings.Contains(image, "mqttgw")
-}
-
-// composeService is a service of compose.yaml.
-type composeService struct {
-	file, name string
-	spec       map[string]any
-	ours       bool
-	run        command // its main command; argv nil if not ours
-	checks     []command
-}
-
-func composeServices(files []yamlFile) []composeService {
-	var out []composeService
-	for _, f := range files {
-		for _, doc := range f.docs {
-			services := mapOf(doc["services"])
-			for _, name := range sortedKeys(services) {
-				spec := mapOf(services[name])
-				s := composeService{file: f.path, name: name, spec: spec}
-				s.ours = isOurImage(str(spec["image"]), spec["build"])
-				where := fmt.Sprintf("%s: service %s", f.path, name)
-				env := envOf(spec["environment"])
-				argv := composeUnescape(argvOf(spec["entrypoint"]))
-				if len(argv) == 0 && s.ours {
-					argv = []string{"/mqttgw"}
-				}
-				if len(argv) > 0 {
-					argv = append(argv, composeUnescape(argvOf(spec["command"]))...)
-					s.run = command{where: where, argv: argv, env: env}
-				}
-				if hc := mapOf(spec["healthcheck"]); hc != nil {
-					test := composeUnescape(argvOf(hc["test"]))
-					if len(test) > 0 && (test[0] == "CMD" || test[0] == "CMD-SHELL") {
-						test = test[1:]
-					}
-					if len(test) > 0 {
-						s.checks = append(s.checks, command{where: where + " healthcheck", argv: test, env: env})
-					}
-				}
-				out = append(out, s)
-			}
-		}
-	}
-	return out
-}
-
-// podSpec is a Kubernetes workload's pod spec, with its replica count.
-type podSpec struct {
-	file, kind, name string
-	replicas         int
-	spec             map[string]any
-}
-
-func podSpecs(files []yamlFile) []podSpec {
-	var out []podSpec
-	for _, f := range files {
-		for _, doc := range f.docs {
-			kind := str(doc["kind"])
-			spec := mapOf(doc["spec"])
-			p := podSpec{file: f.path, kind: kind, name: str(mapOf(doc["metadata"])["name"]), replicas: 1}
-			switch kind {
-			case "Pod":
-				p.spec = spec
-			case "Deployment", "StatefulSet", "ReplicaSet", "DaemonSet", "Job":
-				p.spec = mapOf(mapOf(spec["template"])["spec"])
-				if r, ok := spec["replicas"].(int); ok {
-					p.replicas = r
-				}
-				if kind == "DaemonSet" {
-					p.replicas = 2 // one per node: always several
-				}
-			case "CronJob":
-				p.spec = mapOf(mapOf(mapOf(mapOf(spec["jobTemplate"])["spec"])["template"])["spec"])
-			default:
-				continue
-			}
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-// containers are a pod's commands: each container's command line and
-// exec probes, with its environment.
-func (p podSpec) containers() []command {
-	var out []command
-	for _, key := range []string{"initContainers", "containers"} {
-		for _, c := range listOf(p.spec[key]) {
-			c := mapOf(c)
-			where := fmt.Sprintf("%s: %s %s, container %s", p.file, p.kind, p.name, str(c["name"]))
-			env := envOf(c["env"])
-			argv := argvOf(c["command"])
-			if len(argv) == 0 && isOurImage(str(c["image"]), nil) {
-				argv = []string{"/mqttgw"}
-			}
-			argv = append(argv, argvOf(c["args"])...)
-			out = append(out, command{where: where, argv: argv, env: env})
-			for _, probe := range []string{"startupProbe", "readinessProbe", "livenessProbe"} {
-				if exec := mapOf(mapOf(c[probe])["exec"]); exec != nil {
-					out = append(out, command{where: where + " " + probe, argv: argvOf(exec["command"]), env: env})
-				}
-			}
-		}
-	}
-	return out
-}
-
-func sortedKeys(m map[string]any) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
-}
-
-// dockerfile is the parsed deploy/Dockerfile.
-type dockerfile struct {
-	text   string
-	stages []stage
-}
-
-type stage struct {
-	from         string
-	instructions [][2]string // {INSTRUCTION, rest}
-}
-
-func loadDockerfile(t *testing.T) dockerfile {
-	t.Helper()
-	b, err := os.ReadFile("Dockerfile")
-	if err != nil {
-		t.Fatal(err)
-	}
-	df := dockerfile{text: string(b)}
-	var logical strings.Builder
-	flush := func() {
-		line := strings.TrimSpace(logical.String())
-		logical.Reset()
-		if line == "" {
-			return
-		}
-		instr, rest, _ := strings.Cut(line, " ")
-		instr = strings.ToUpper(instr)
-		rest = strings.TrimSpace(rest)
-		if instr == "FROM" {
-			df.stages = append(df.stages, stage{from: rest})
-			return
-		}
-		if len(df.stages) == 0 {
-			if instr != "ARG" {
-				t.Fatalf("Dockerfile: %s before the first FROM", instr)
-			}
-			return
-		}
-		s := &df.stages[len(df.stages)-1]
-		s.instructions = append(s.instructions, [2]string{instr, rest})
-	}
-	for line := range strings.Lines(df.text) {
-		line = strings.TrimRight(line, "\r\n")
-		if trimmed := strings.TrimSpace(line); strings.HasPrefix(trimmed, "#") {
-			continue // comments and parser directives, also inside a continuation
-		}
-		if cont, ok := strings.CutSuffix(line, `\`); ok {
-			logical.WriteString(cont + " ")
-			continue
-		}
-		logical.WriteString(line)
-		flush()
-	}
-	flush()
-	if len(df.stages) == 0 {
-		t.Fatal("Dockerfile: no FROM")
-	}
-	return df
-}
-
-// dockerArgv is the argv of an exec-form (JSON) or shell-form command.
-func dockerArgv(t *testing.T, s string) []string {
-	t.Helper()
-	s = strings.TrimSpace(s)
-	if strings.HasPrefix(s, "[") {
-		var argv []string
-		if err := json.Unmarshal([]byte(s), &argv); err != nil {
-			t.Errorf("Dockerfile: %s is not a JSON string array: %v", s, err)
-		}
-		return argv
-	}
-	return strings.Fields(s)
-}
-
-// final is the last stage's instructions named instr, in order.
-func (df dockerfile) final(instr string) []string {
-	var out []string
-	for _, in := range df.stages[len(df.stages)-1].instructions {
-		if in[0] == instr {
-			out = append(out, in[1])
-		}
-	}
-	return out
-}
-
-// healthcheckArgv is the command of HEALTHCHECK [OPTIONS] CMD command.
-func healthcheckArgv(t *testing.T, rest string) []string {
-	t.Helper()
-	fields := strings.Fields(rest)
-	for i, f := range fields {
-		if strings.EqualFold(f, "CMD") {
-			return dockerArgv(t, strings.Join(fields[i+1:], " "))
-		}
-		if !strings.HasPrefix(f, "--") {
-			break
-		}
-	}
-	return nil
-}
-
-// commands are the Dockerfile's final-stage command lines: the default
-// run (ENTRYPOINT + CMD) and the HEALTHCHECK.
-func (df dockerfile) commands(t *testing.T) []command {
-	t.Helper()
-	var out []command
-	var argv []string
-	if e := df.final("ENTRYPOINT"); len(e) > 0 {
-		argv = dockerArgv(t, e[len(e)-1])
-	}
-	if c := df.final("CMD"); len(c) > 0 {
-		argv = append(argv, dockerArgv(t, c[len(c)-1])...)
-	}
-	out = append(out, command{where: "Dockerfile: ENTRYPOINT/CMD", argv: argv})
-	for _, hc := range df.final("HEALTHCHECK") {
-		if a := healthcheckArgv(t, hc); a != nil {
-			out = append(out, command{where: "Dockerfile: HEALTHCHECK", argv: a})
-		}
-	}
-	return out
 }
 
 // TestFlagsAndEnvExist checks every MQTTGW_* variable and every flag given
@@ -681,263 +437,5 @@ func TestFlagsAndEnvExist(t *testing.T) {
 		if checked[p.name] == 0 {
 			t.Errorf("found no command line that runs %q: is the walk broken?", p.name)
 		}
-	}
-}
-
-// TestDockerfile checks the image: both binaries built, non-root, a
-// HEALTHCHECK, mqttgw as the entrypoint.
-func TestDockerfile(t *testing.T) {
-	df := loadDockerfile(t)
-	final := df.stages[len(df.stages)-1]
-
-	for _, cmd := range []string{"./cmd/mqttgw", "./cmd/temperature-service"} {
-		if !strings.Contains(df.text, cmd) {
-			t.Errorf("Dockerfile does not build %s", cmd)
-		}
-	}
-	for _, m := range regexp.MustCompile(`\./cmd/[\w-]+`).FindAllString(df.text, -1) {
-		if _, err := os.Stat(filepath.Join("..", m)); err != nil {
-			t.Errorf("Dockerfile builds %s: %v", m, err)
-		}
-	}
-
-	user := ""
-	if u := df.final("USER"); len(u) > 0 {
-		user = u[len(u)-1]
-	}
-	name, _, _ := strings.Cut(user, ":")
-	switch {
-	case name == "root" || name == "0":
-		t.Errorf("Dockerfile: final stage runs as USER %s", user)
-	case name == "" && !strings.HasSuffix(strings.Fields(final.from)[0], ":nonroot"):
-		t.Errorf("Dockerfile: final stage (FROM %s) has no USER and is not a :nonroot image", final.from)
-	}
-
-	hcs := df.final("HEALTHCHECK")
-	if len(hcs) == 0 {
-		t.Error("Dockerfile: final stage has no HEALTHCHECK")
-	}
-	for _, hc := range hcs {
-		argv := healthcheckArgv(t, hc)
-		if len(argv) < 2 || argv[0] != "/mqttgw" || argv[1] != "healthcheck" {
-			t.Errorf("Dockerfile: HEALTHCHECK %s: want CMD [\"/mqttgw\", \"healthcheck\", …] (no shell or curl in distroless)", hc)
-		}
-	}
-
-	e := df.final("ENTRYPOINT")
-	if len(e) == 0 || !slices.Equal(dockerArgv(t, e[len(e)-1]), []string{"/mqttgw"}) {
-		t.Errorf("Dockerfile: final ENTRYPOINT = %q, want [\"/mqttgw\"]", e)
-	}
-	for _, c := range df.final("COPY") {
-		fields := strings.Fields(c)
-		if dst := fields[len(fields)-1]; strings.HasPrefix(c, "--from=") && !slices.Contains([]string{"/mqttgw", "/temperature-service"}, dst) {
-			t.Errorf("Dockerfile: unexpected final-stage COPY %s", c)
-		}
-	}
-	if !strings.Contains(strings.Join(df.final("EXPOSE"), " "), "8080") {
-		t.Error("Dockerfile: final stage does not EXPOSE 8080")
-	}
-}
-
-// nginxTimeout parses an nginx time ("75s", "75", "1m30s", "500ms").
-func nginxTimeout(s string) (time.Duration, error) {
-	if n, err := strconv.Atoi(s); err == nil {
-		return time.Duration(n) * time.Second, nil
-	}
-	return time.ParseDuration(s)
-}
-
-// TestNginx checks nginx.conf against the gateways of compose.yaml: every
-// gateway is an upstream server, and nginx waits longer than a request may.
-func TestNginx(t *testing.T) {
-	ps := loadPrograms(t)
-	b, err := os.ReadFile("nginx.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conf strings.Builder
-	for line := range strings.Lines(string(b)) {
-		line, _, _ = strings.Cut(line, "#")
-		conf.WriteString(line + "\n")
-	}
-	text := conf.String()
-
-	// The longest a request may wait: the largest --max-timeout of the
-	// gateways nginx proxies to.
-	gateways := map[string]string{} // service → its HTTP port
-	maxTimeout := time.Duration(0)
-	for _, s := range composeServices(loadYAML(t)) {
-		if p, _ := ps.program(s.run.argv); p != ps.gateway {
-			continue
-		}
-		d, err := ps.duration(t, s.run, "max-timeout")
-		if err != nil {
-			t.Error(err)
-		}
-		maxTimeout = max(maxTimeout, d)
-		_, args := ps.program(s.run.argv)
-		addr, ok := flagValue(args, "http-addr")
-		if !ok {
-			addr = s.run.env["MQTTGW_HTTP_ADDR"]
-		}
-		if addr == "" {
-			addr = ps.gateway.flags["http-addr"].def
-		}
-		_, port, _ := strings.Cut(addr, ":")
-		gateways[s.name] = port
-	}
-	if len(gateways) < 2 {
-		t.Errorf("compose.yaml runs %d gateway services, want at least 2 behind nginx", len(gateways))
-	}
-
-	timeouts := regexp.MustCompile(`\bproxy_read_timeout\s+(\S+?)\s*;`).FindAllStringSubmatch(text, -1)
-	if len(timeouts) == 0 {
-		t.Errorf("nginx.conf sets no proxy_read_timeout: nginx's default 60s is not above the gateways' --max-timeout %v", maxTimeout)
-	}
-	for _, m := range timeouts {
-		d, err := nginxTimeout(m[1])
-		if err != nil {
-			t.Errorf("nginx.conf: proxy_read_timeout %s: %v", m[1], err)
-			continue
-		}
-		if d <= maxTimeout {
-			t.Errorf("nginx.conf: proxy_read_timeout %s is not above the gateways' --max-timeout %v: nginx would cut long ?timeout requests", m[1], maxTimeout)
-		}
-	}
-
-	servers := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^\s*server\s+([\w.-]+):(\d+)\b`).FindAllStringSubmatch(text, -1) {
-		servers[m[1]] = true
-		port, ok := gateways[m[1]]
-		switch {
-		case !ok:
-			t.Errorf("nginx.conf: upstream server %s is no gateway service of compose.yaml", m[1])
-		case port != m[2]:
-			t.Errorf("nginx.conf: upstream server %s:%s, but the gateway listens on port %s", m[1], m[2], port)
-		}
-	}
-	for name := range gateways {
-		if !servers[name] {
-			t.Errorf("nginx.conf: gateway service %s is not an upstream server", name)
-		}
-	}
-}
-
-// TestCompose checks compose.yaml's gateways: unique instance ids, a stop
-// grace period that covers --shutdown-grace, and no "$" that compose
-// would take for a variable.
-func TestCompose(t *testing.T) {
-	ps := loadPrograms(t)
-	files := loadYAML(t)
-	ids := map[string]string{}
-	for _, s := range composeServices(files) {
-		// "$share/…" must be written "$$share/…".
-		checkDollars(t, fmt.Sprintf("%s: service %s", s.file, s.name), s.spec)
-
-		if p, _ := ps.program(s.run.argv); p != ps.gateway {
-			continue
-		}
-		where := s.run.where
-		_, args := ps.program(s.run.argv)
-		id, ok := flagValue(args, "instance-id")
-		if !ok {
-			id = s.run.env["MQTTGW_INSTANCE_ID"]
-		}
-		if id != "" {
-			if other, dup := ids[id]; dup {
-				t.Errorf("%s: instance id %q is also %s's: replicas would steal each other's replies", where, id, other)
-			}
-			ids[id] = s.name
-			if r, ok := mapOf(s.spec["deploy"])["replicas"].(int); ok && r > 1 {
-				t.Errorf("%s: %d replicas share instance id %q", where, r, id)
-			}
-		}
-
-		grace, err := ps.duration(t, s.run, "shutdown-grace")
-		if err != nil {
-			t.Error(err)
-			continue
-		}
-		stop := 10 * time.Second // compose's default
-		if v := str(s.spec["stop_grace_period"]); v != "" {
-			if stop, err = time.ParseDuration(v); err != nil {
-				t.Errorf("%s: stop_grace_period: %v", where, err)
-				continue
-			}
-		}
-		if stop <= grace {
-			t.Errorf("%s: stop_grace_period %v is not above --shutdown-grace %v: Docker would kill requests still draining", where, stop, grace)
-		}
-	}
-}
-
-// checkDollars reports a bare "$name" in any string of v: compose
-// interpolates it (to "" when unset); a literal "$" is written "$$".
-func checkDollars(t *testing.T, where string, v any) {
-	t.Helper()
-	switch v := v.(type) {
-	case map[string]any:
-		for k, e := range v {
-			checkDollars(t, where, k)
-			checkDollars(t, where, e)
-		}
-	case []any:
-		for _, e := range v {
-			checkDollars(t, where, e)
-		}
-	case string:
-		for i := 0; i < len(v)-1; i++ {
-			if v[i] != '$' {
-				continue
-			}
-			if next := v[i+1]; next == '$' {
-				i++
-			} else if next == '_' || ('a' <= next|0x20 && next|0x20 <= 'z') {
-				t.Errorf("%s: %q: compose would substitute a variable for $%s…; write $$ for a literal $", where, v, v[i+1:])
-			}
-		}
-	}
-}
-
-// TestKubernetes checks the workloads that run mqttgw: unique instance ids
-// per replica and a termination grace period that covers the drain.
-func TestKubernetes(t *testing.T) {
-	ps := loadPrograms(t)
-	gateways := 0
-	for _, p := range podSpecs(loadYAML(t)) {
-		for _, c := range p.containers() {
-			if prog, _ := ps.program(c.argv); prog != ps.gateway {
-				continue
-			}
-			gateways++
-			_, args := ps.program(c.argv)
-			if id, ok := flagValue(args, "instance-id"); ok && p.replicas > 1 {
-				t.Errorf("%s: --instance-id %q is the same in all %d replicas", c.where, id, p.replicas)
-			}
-			if id := c.env["MQTTGW_INSTANCE_ID"]; id != "" && p.replicas > 1 {
-				t.Errorf("%s: MQTTGW_INSTANCE_ID %q is the same in all %d replicas: take it from metadata.name", c.where, id, p.replicas)
-			}
-
-			grace, err := ps.duration(t, c, "shutdown-grace")
-			if err != nil {
-				t.Error(err)
-				continue
-			}
-			delay, err := ps.duration(t, c, "shutdown-delay")
-			if err != nil {
-				t.Error(err)
-				continue
-			}
-			term := 30 * time.Second // Kubernetes' default
-			if v, ok := p.spec["terminationGracePeriodSeconds"].(int); ok {
-				term = time.Duration(v) * time.Second
-			}
-			if term <= delay+grace {
-				t.Errorf("%s: terminationGracePeriodSeconds %v is not above --shutdown-delay %v + --shutdown-grace %v", c.where, term, delay, grace)
-			}
-		}
-	}
-	if gateways == 0 {
-		t.Error("no Kubernetes workload runs mqttgw")
 	}
 }

@@ -42,10 +42,22 @@ func (e *PublishError) Error() string {
 	return fmt.Sprintf("gateway: broker rejected the publish: reason code 0x%02x", e.ReasonCode)
 }
 
+// Field names a part of a Request.
+type Field string
+
+// The parts of a Request that can be invalid; a Field's value is its name
+// in messages.
+const (
+	FieldTopic        Field = "topic"
+	FieldQoS          Field = "qos"
+	FieldContentType  Field = "content type"
+	FieldUserProperty Field = "user property"
+)
+
 // InvalidError says which part of a Request is invalid and why. It matches
 // ErrInvalidRequest with errors.Is.
 type InvalidError struct {
-	Field  string // "topic", "qos", "content type" or "user property"
+	Field  Field
 	Reason string
 }
 
@@ -56,6 +68,6 @@ func (e *InvalidError) Error() string {
 // Is makes errors.Is(err, ErrInvalidRequest) true.
 func (e *InvalidError) Is(target error) bool { return target == ErrInvalidRequest }
 
-func invalid(field, format string, args ...any) error {
+func invalid(field Field, format string, args ...any) error {
 	return &InvalidError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }

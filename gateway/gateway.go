@@ -17,6 +17,10 @@ import (
 // receives replies, one level per instance.
 const DefaultResponsePrefix = "mqttgw/reply"
 
+// DefaultTimeout is how long a request waits for its reply when nothing
+// says otherwise.
+const DefaultTimeout = 10 * time.Second
+
 func init() {
 	// Correlation ids come from crypto/rand either way; the pool saves a
 	// syscall per request.
@@ -33,7 +37,7 @@ type Config struct {
 	// among the replicas on one broker. Default: random.
 	InstanceID string
 	// DefaultTimeout applies when a request's context has no deadline.
-	// Default 10s.
+	// Default DefaultTimeout.
 	DefaultTimeout time.Duration
 	// RememberFinished is how many finished request ids are kept to tell
 	// late and duplicate replies from unknown ones. Default 4096.
@@ -69,7 +73,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("instance id %q must be a single topic level without wildcards", c.InstanceID)
 	}
 	if c.DefaultTimeout <= 0 {
-		c.DefaultTimeout = 10 * time.Second
+		c.DefaultTimeout = DefaultTimeout
 	}
 	if c.RememberFinished <= 0 {
 		c.RememberFinished = 4096
@@ -238,20 +242,20 @@ func (r result) reply() (Reply, error) {
 // flight.
 func (g *Gateway) check(req *Request) error {
 	if err := CheckTopic(req.Topic, g.cfg.ResponsePrefix); err != nil {
-		return invalid("topic", "%v", err)
+		return invalid(FieldTopic, "%v", err)
 	}
 	if req.QoS > 2 {
-		return invalid("qos", "%d is not 0, 1 or 2", req.QoS)
+		return invalid(FieldQoS, "%d is not 0, 1 or 2", req.QoS)
 	}
 	if err := CheckString(req.ContentType); err != nil {
-		return invalid("content type", "it %v", err)
+		return invalid(FieldContentType, "it %v", err)
 	}
 	for _, p := range req.UserProperties {
 		if err := CheckString(p.Key); err != nil {
-			return invalid("user property", "key %q %v", p.Key, err)
+			return invalid(FieldUserProperty, "key %q %v", p.Key, err)
 		}
 		if err := CheckString(p.Value); err != nil {
-			return invalid("user property", "value of %q %v", p.Key, err)
+			return invalid(FieldUserProperty, "value of %q %v", p.Key, err)
 		}
 	}
 	return nil

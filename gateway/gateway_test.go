@@ -292,7 +292,7 @@ func TestInvalidRequests(t *testing.T) {
 	} {
 		_, err := g.Request(context.Background(), tt.req)
 		var inv *InvalidError
-		if !errors.As(err, &inv) || inv.Field != tt.field || !errors.Is(err, ErrInvalidRequest) {
+		if !errors.As(err, &inv) || string(inv.Field) != tt.field || !errors.Is(err, ErrInvalidRequest) {
 			t.Errorf("%+v: got %v, want invalid %s", tt.req, err, tt.field)
 		}
 	}

@@ -27,6 +27,23 @@ const (
 // PINGREQ per idle interval.
 const DefaultBrokerKeepAlive = 5
 
+// CheckBrokerURL reports why u can't name an external broker, or nil: it
+// needs a host and one of the schemes mqtt, mqtts, ws or wss, and no
+// credentials (the URL is logged, redacted, on every retry, and autopaho
+// would not log in with them anyway; see BrokerConfig.Username). The
+// error never shows a password.
+func CheckBrokerURL(u *url.URL) error {
+	switch {
+	case u == nil || u.Host == "":
+		return errors.New("the broker URL needs a host, e.g. mqtt://broker:1883")
+	case u.Scheme != "mqtt" && u.Scheme != "mqtts" && u.Scheme != "ws" && u.Scheme != "wss":
+		return fmt.Errorf("the broker URL scheme %q is not mqtt, mqtts, ws or wss", u.Scheme)
+	case u.User != nil:
+		return errors.New("the broker URL must not carry credentials")
+	}
+	return nil
+}
+
 // BrokerConfig configures the transport to an external MQTT v5 broker.
 type BrokerConfig struct {
 	// URL is mqtt://, mqtts://, ws:// or wss://host:port[/path].
@@ -57,18 +74,8 @@ type BrokerConfig struct {
 // response subscription on every connection. The connection is made in
 // the background once the gateway calls Connect.
 func Dial(cfg BrokerConfig) (Transport, error) {
-	if cfg.URL == nil || cfg.URL.Host == "" {
-		return nil, errors.New("gateway: broker URL needs a host, e.g. mqtt://broker:1883")
-	}
-	switch cfg.URL.Scheme {
-	case "mqtt", "mqtts", "ws", "wss":
-	default:
-		return nil, fmt.Errorf("gateway: broker URL scheme %q is not mqtt, mqtts, ws or wss", cfg.URL.Scheme)
-	}
-	if cfg.URL.User != nil {
-		// The URL is logged (redacted) on every retry, and autopaho
-		// would not log in with its credentials anyway.
-		return nil, errors.New("gateway: the broker URL must not carry credentials; set Username and Password")
+	if err := CheckBrokerURL(cfg.URL); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	if cfg.ClientID == "" {
 		return nil, errors.New("gateway: broker client id is empty")
@@ -104,6 +111,9 @@ type pahoTransport struct {
 	epoch  uint64
 	closed bool // Lock should be held.
 	cancel context.CancelFunc
+	// wg counts the subscribe goroutines; Add only with the lock held
+	// and !closed.
+	wg sync.WaitGroup
 	// maxPacket is the broker's Maximum Packet Size from its CONNACK, 0
 	// for none. Lock should be held.
 	maxPacket uint32
@@ -126,15 +136,23 @@ func (t *pahoTransport) Connect(_ context.Context, responseTopic string, h Handl
 		SessionExpiryInterval: 0,
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, ack *paho.Connack) {
 			t.mu.Lock()
+			defer t.mu.Unlock()
+			if t.closed {
+				return
+			}
 			t.epoch++
 			epoch := t.epoch
 			t.maxPacket = 0
 			if ack != nil && ack.Properties != nil && ack.Properties.MaximumPacketSize != nil {
 				t.maxPacket = *ack.Properties.MaximumPacketSize
 			}
-			t.mu.Unlock()
-			// OnConnectionUp must not block: subscribe in the background.
-			go t.subscribe(ctx, cm, epoch, responseTopic, h)
+			// OnConnectionUp must not block: subscribe in the background,
+			// counted so that Close can wait for it.
+			t.wg.Add(1)
+			go func() {
+				defer t.wg.Done()
+				t.subscribe(ctx, cm, epoch, responseTopic, h)
+			}()
 		},
 		OnConnectionDown: func() bool {
 			t.mu.Lock()
@@ -265,16 +283,28 @@ func (t *pahoTransport) Publish(ctx context.Context, m *Message) error {
 	return fmt.Errorf("%w: %v", ErrNotConnected, err)
 }
 
+// Close disconnects, then waits for the connection manager and for every
+// goroutine the transport started, so that none outlives it.
 func (t *pahoTransport) Close(ctx context.Context) error {
 	t.mu.Lock()
 	t.closed = true
 	cm, cancel := t.cm, t.cancel
 	t.mu.Unlock()
 	if cm == nil {
+		t.wg.Wait()
 		return nil
 	}
-	defer cancel()
-	return cm.Disconnect(ctx)
+	err := cm.Disconnect(ctx)
+	cancel()
+	select {
+	case <-cm.Done():
+	case <-ctx.Done():
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
+	t.wg.Wait()
+	return err
 }
 
 // packetSize is an upper bound of m's PUBLISH packet size: fixed header,

@@ -55,14 +55,15 @@ func CheckTopic(name, reservedPrefix string) error {
 	if name[0] == '$' {
 		return fmt.Errorf("topic starts with '$', which MQTT reserves for the broker")
 	}
-	if reservedPrefix != "" && under(name, reservedPrefix) {
+	if reservedPrefix != "" && Under(name, reservedPrefix) {
 		return fmt.Errorf("topic is under %q, where gateways receive replies", reservedPrefix)
 	}
 	return nil
 }
 
-// under reports whether topic is prefix itself or one of its sub-levels.
-func under(topic, prefix string) bool {
+// Under reports whether topic (or filter) is prefix itself or lies below
+// it: the one test of whether something touches the response prefix.
+func Under(topic, prefix string) bool {
 	return topic == prefix || (strings.HasPrefix(topic, prefix) && topic[len(prefix)] == '/')
 }
 
@@ -88,4 +89,58 @@ func CheckFilter(filter string) error {
 		}
 	}
 	return nil
+}
+
+// MatchFilter reports whether the topic filter matches the topic name, as
+// MQTT defines it [MQTT-4.7]: "+" matches one level, "#" (last) matches
+// any number of levels, including none, so "a/#" matches "a" too
+// [MQTT-4.7.1-2]; a filter starting with a wildcard never matches a topic
+// starting with '$' [MQTT-4.7.2-1]. It is the one matcher of the grants in
+// the API keys file and the embedded broker's users file.
+func MatchFilter(filter, topic string) bool {
+	if topic == "" {
+		return false
+	}
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	for {
+		level, rest, more := strings.Cut(filter, "/")
+		if level == "#" && !more {
+			return true
+		}
+		tlevel, trest, tmore := strings.Cut(topic, "/")
+		switch {
+		case level != "+" && level != tlevel:
+			return false
+		case !more && !tmore:
+			return true
+		case !more:
+			return false
+		case !tmore:
+			// The topic ends; only a last "#" may match nothing more.
+			return rest == "#"
+		}
+		filter, topic = rest, trest
+	}
+}
+
+// IsSharedFilter reports whether filter subscribes to a shared
+// subscription group ("$share/<group>/<filter>") [MQTT-4.8.2]. Like the
+// embedded broker (mochi), it takes "$share" in any case.
+func IsSharedFilter(filter string) bool {
+	first, _, _ := strings.Cut(filter, "/")
+	return strings.EqualFold(first, "$share")
+}
+
+// StripShare removes a "$share/<group>/" prefix from a filter.
+func StripShare(filter string) string {
+	if !IsSharedFilter(filter) {
+		return filter
+	}
+	_, rest, _ := strings.Cut(filter, "/")
+	if _, f, ok := strings.Cut(rest, "/"); ok {
+		return f
+	}
+	return filter
 }

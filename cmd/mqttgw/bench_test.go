@@ -13,7 +13,7 @@ import (
 
 // BenchmarkRoundTrip measures a full HTTP → gateway → embedded broker →
 // paho responder → gateway → HTTP round trip with 64 concurrent clients,
-// the load of the baselines in DESIGN §7. Run it with
+// the load the README's Performance figures were measured with. Run it with
 //
 //	go test -run '^$' -bench RoundTrip -benchtime 5s ./cmd/mqttgw
 func BenchmarkRoundTrip(b *testing.B) {

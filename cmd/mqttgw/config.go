@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -64,54 +63,19 @@ const envPrefix = "MQTTGW_"
 var errHelp = errors.New("help requested")
 
 // parseConfig reads flags from args and, for each flag not given there,
-// the environment variable MQTTGW_<FLAG> (upper case, '-' → '_').
+// the environment variable MQTTGW_<FLAG> (upper case, '-' → '_'), then
+// checks and converts them step by step.
 func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (config, error) {
 	cfg := config{API: api.DefaultConfig()}
-	maxBody := byteSize(cfg.API.MaxBody)
-	maxHeader := byteSize(64 << 10)
-	maxReply := byteSize(gateway.DefaultMaxReply)
-	writeBuffer := byteSize(8 << 20)
-	slow := string(broker.SlowDrop)
-	var brokerCA, brokerCert, brokerKey, tlsCert, tlsKey, trustedProxies string
-	qos := uint(cfg.API.DefaultQoS)
-
-	fs := flag.NewFlagSet("mqttgw", flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // errors are returned; --help is printed below
-	fs.StringVar(&cfg.HTTPAddr, "http-addr", ":8080", "HTTP listen address")
-	fs.StringVar(&cfg.Broker, "broker", "embedded", `"embedded" to run the MQTT v5 broker in-process, or an external broker URL: mqtt://host:port, mqtts://host:port, ws://host:port/path or wss://host:port/path`)
-	fs.StringVar(&cfg.BrokerUsername, "broker-username", "", "username for the external broker")
-	fs.StringVar(&cfg.BrokerPassword, "broker-password", "", "password for the external broker (prefer the environment variable)")
-	fs.DurationVar(&cfg.BrokerKeepAlive, "broker-keepalive", gateway.DefaultBrokerKeepAlive*time.Second, "keep-alive of the external broker connection, whole seconds; a broker that stops answering is noticed within twice this")
-	fs.StringVar(&brokerCA, "broker-ca", "", "PEM file of CA certificates to verify an mqtts:// or wss:// broker (default: the system's)")
-	fs.StringVar(&brokerCert, "broker-cert", "", "PEM client certificate for an mqtts:// or wss:// broker (with --broker-key)")
-	fs.StringVar(&brokerKey, "broker-key", "", "PEM private key of --broker-cert")
-	fs.StringVar(&cfg.MQTTAddr, "mqtt-addr", ":1883", `embedded broker's MQTT TCP listen address ("" = none)`)
-	fs.StringVar(&cfg.WSAddr, "ws-addr", "", `embedded broker's MQTT-over-WebSocket listen address ("" = none)`)
-	fs.DurationVar(&cfg.API.DefaultTimeout, "timeout", cfg.API.DefaultTimeout, "default per-request timeout (a request's ?timeout overrides it)")
-	fs.DurationVar(&cfg.API.MaxTimeout, "max-timeout", cfg.API.MaxTimeout, "largest ?timeout a client may ask for")
-	fs.UintVar(&qos, "qos", qos, "default QoS of requests: 0, 1 or 2 (a request's ?qos overrides it)")
-	fs.Var(&maxBody, "max-body", "largest request body, e.g. 1MiB, 512KiB or 65536 (bytes)")
-	fs.Var(&maxHeader, "max-header-bytes", "largest size of a request's headers, request line included")
-	fs.Var(&maxReply, "max-reply", "largest reply (payload, content type and user properties); a larger one is a 502")
-	fs.DurationVar(&cfg.MQTT.ConnectTimeout, "mqtt-connect-timeout", 5*time.Second, "embedded broker: time for a client's TLS or WebSocket handshake, then for its CONNECT")
-	fs.DurationVar(&cfg.MQTT.MaxKeepAlive, "mqtt-max-keepalive", 120*time.Second, "embedded broker: longest client keep-alive, whole seconds; a client asking for none or more gets this one")
-	fs.Var(&writeBuffer, "mqtt-write-buffer", "embedded broker: most bytes queued for one client (at least the largest packet: --max-body or --max-reply, plus 64KiB)")
-	fs.DurationVar(&cfg.MQTT.WriteTimeout, "mqtt-write-timeout", 30*time.Second, "embedded broker: a client that takes no bytes for this long is disconnected")
-	fs.StringVar(&slow, "mqtt-slow-subscriber", slow, "embedded broker: what to do when a client's write buffer can't take another packet: drop (deliveries to it, counted) or disconnect")
-	fs.IntVar(&cfg.API.MaxInflight, "max-inflight", cfg.API.MaxInflight, "most RPC requests served at once (default 1024 per CPU); beyond it 503 at once")
-	fs.StringVar(&trustedProxies, "trusted-proxies", "", "comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For names the client (logs)")
-	fs.StringVar(&cfg.AuthFile, "auth-file", "", "YAML file of API keys (SHA-256 hashed) and the topic filters each may publish to; reloaded on SIGHUP; \"\" = no authentication")
-	fs.StringVar(&cfg.MQTTUsersFile, "mqtt-users-file", "", "YAML file of the embedded broker's users (bcrypt passwords, publish/subscribe filters); reloaded on SIGHUP; \"\" = anonymous clients allowed")
-	fs.StringVar(&cfg.MQTTTLSAddr, "mqtt-tls-addr", "", "embedded broker's MQTT-over-TLS listen address, with --tls-cert/--tls-key (\"\" = none)")
-	fs.StringVar(&tlsCert, "tls-cert", "", "PEM certificate (chain) for HTTPS and the embedded broker's TLS listeners")
-	fs.StringVar(&tlsKey, "tls-key", "", "PEM private key of --tls-cert")
-	fs.StringVar(&cfg.InstanceID, "instance-id", "", "this replica's id; scopes its response topic (default random)")
-	fs.StringVar(&cfg.ResponsePrefix, "response-prefix", gateway.DefaultResponsePrefix, "topic prefix under which all replicas receive replies; requests may not publish under it")
-	fs.DurationVar(&cfg.ShutdownDelay, "shutdown-delay", 0, "on SIGINT/SIGTERM, keep serving this long with /readyz at 503 first, so load balancers stop sending traffic")
-	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 15*time.Second, "on SIGINT/SIGTERM, how long in-flight requests may still finish before they get 503")
-	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
-	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
-
+	raw := rawFlags{
+		maxBody:     byteSize(cfg.API.MaxBody),
+		maxHeader:   byteSize(64 << 10),
+		maxReply:    byteSize(gateway.DefaultMaxReply),
+		writeBuffer: byteSize(broker.DefaultWriteBuffer),
+		slow:        string(broker.SlowDrop),
+		qos:         uint(cfg.API.DefaultQoS),
+	}
+	fs := flagSet(&cfg, &raw)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(stdout, fs)
@@ -122,85 +86,172 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected argument %q (see --help)", fs.Arg(0))
 	}
-	err := applyEnv(fs, getenv)
-	if err != nil {
+	if err := applyEnv(fs, getenv); err != nil {
 		return cfg, err
 	}
-	cfg.API.MaxBody = int64(maxBody)
-	cfg.MaxHeaderBytes = int(maxHeader)
-	cfg.MaxReply = int(maxReply)
+	for _, step := range []func(*config, *rawFlags) error{httpLimits, brokerLimits, serverTLS, externalBroker, process} {
+		if err := step(&cfg, &raw); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
+}
+
+// rawFlags hold the flags that need converting or checking before they
+// reach config.
+type rawFlags struct {
+	maxBody, maxHeader, maxReply, writeBuffer byteSize
+	slow, trustedProxies                      string
+	brokerCA, brokerCert, brokerKey           string
+	tlsCert, tlsKey                           string
+	qos                                       uint
+}
+
+// flagSet defines every flag, writing into cfg and raw.
+func flagSet(cfg *config, raw *rawFlags) *flag.FlagSet {
+	fs := flag.NewFlagSet("mqttgw", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are returned; --help is printed by parseConfig
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", ":8080", "HTTP listen address")
+	fs.StringVar(&cfg.Broker, "broker", "embedded", `"embedded" to run the MQTT v5 broker in-process, or an external broker URL: mqtt://host:port, mqtts://host:port, ws://host:port/path or wss://host:port/path`)
+	fs.StringVar(&cfg.BrokerUsername, "broker-username", "", "username for the external broker")
+	fs.StringVar(&cfg.BrokerPassword, "broker-password", "", "password for the external broker (prefer the environment variable)")
+	fs.DurationVar(&cfg.BrokerKeepAlive, "broker-keepalive", gateway.DefaultBrokerKeepAlive*time.Second, "keep-alive of the external broker connection, whole seconds; a broker that stops answering is noticed within twice this")
+	fs.StringVar(&raw.brokerCA, "broker-ca", "", "PEM file of CA certificates to verify an mqtts:// or wss:// broker (default: the system's)")
+	fs.StringVar(&raw.brokerCert, "broker-cert", "", "PEM client certificate for an mqtts:// or wss:// broker (with --broker-key)")
+	fs.StringVar(&raw.brokerKey, "broker-key", "", "PEM private key of --broker-cert")
+	fs.StringVar(&cfg.MQTTAddr, "mqtt-addr", ":1883", `embedded broker's MQTT TCP listen address ("" = none)`)
+	fs.StringVar(&cfg.WSAddr, "ws-addr", "", `embedded broker's MQTT-over-WebSocket listen address ("" = none)`)
+	fs.DurationVar(&cfg.API.DefaultTimeout, "timeout", cfg.API.DefaultTimeout, "default per-request timeout (a request's ?timeout overrides it)")
+	fs.DurationVar(&cfg.API.MaxTimeout, "max-timeout", cfg.API.MaxTimeout, "largest ?timeout a client may ask for")
+	fs.UintVar(&raw.qos, "qos", raw.qos, "default QoS of requests: 0, 1 or 2 (a request's ?qos overrides it)")
+	fs.Var(&raw.maxBody, "max-body", "largest request body, e.g. 1MiB, 512KiB or 65536 (bytes)")
+	fs.Var(&raw.maxHeader, "max-header-bytes", "largest size of a request's headers, request line included")
+	fs.Var(&raw.maxReply, "max-reply", "largest reply (payload, content type and user properties); a larger one is a 502")
+	fs.DurationVar(&cfg.MQTT.ConnectTimeout, "mqtt-connect-timeout", broker.DefaultConnectTimeout, "embedded broker: time for a client's TLS or WebSocket handshake, then for its CONNECT")
+	fs.DurationVar(&cfg.MQTT.MaxKeepAlive, "mqtt-max-keepalive", broker.DefaultMaxKeepAlive, "embedded broker: longest client keep-alive, whole seconds; a client asking for none or more gets this one")
+	fs.Var(&raw.writeBuffer, "mqtt-write-buffer", "embedded broker: most bytes queued for one client (at least the largest packet: --max-body or --max-reply, plus 64KiB)")
+	fs.DurationVar(&cfg.MQTT.WriteTimeout, "mqtt-write-timeout", broker.DefaultWriteTimeout, "embedded broker: a client that takes no bytes for this long is disconnected")
+	fs.StringVar(&raw.slow, "mqtt-slow-subscriber", raw.slow, "embedded broker: what to do when a client's write buffer can't take another packet: drop (deliveries to it, counted) or disconnect")
+	fs.IntVar(&cfg.API.MaxInflight, "max-inflight", cfg.API.MaxInflight, "most RPC requests served at once (default 1024 per CPU); beyond it 503 at once")
+	fs.StringVar(&raw.trustedProxies, "trusted-proxies", "", "comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For names the client (logs)")
+	fs.StringVar(&cfg.AuthFile, "auth-file", "", "YAML file of API keys (SHA-256 hashed) and the topic filters each may publish to; reloaded on SIGHUP; \"\" = no authentication")
+	fs.StringVar(&cfg.MQTTUsersFile, "mqtt-users-file", "", "YAML file of the embedded broker's users (bcrypt passwords, publish/subscribe filters); reloaded on SIGHUP; \"\" = anonymous clients allowed")
+	fs.StringVar(&cfg.MQTTTLSAddr, "mqtt-tls-addr", "", "embedded broker's MQTT-over-TLS listen address, with --tls-cert/--tls-key (\"\" = none)")
+	fs.StringVar(&raw.tlsCert, "tls-cert", "", "PEM certificate (chain) for HTTPS and the embedded broker's TLS listeners")
+	fs.StringVar(&raw.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&cfg.InstanceID, "instance-id", "", "this replica's id; scopes its response topic (default random)")
+	fs.StringVar(&cfg.ResponsePrefix, "response-prefix", gateway.DefaultResponsePrefix, "topic prefix under which all replicas receive replies; requests may not publish under it")
+	fs.DurationVar(&cfg.ShutdownDelay, "shutdown-delay", 0, "on SIGINT/SIGTERM, keep serving this long with /readyz at 503 first, so load balancers stop sending traffic")
+	fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 15*time.Second, "on SIGINT/SIGTERM, how long in-flight requests may still finish before they get 503")
+	fs.TextVar(&cfg.LogLevel, "log-level", slog.LevelInfo, "log level: debug, info, warn or error")
+	fs.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
+	return fs
+}
+
+// httpLimits checks the HTTP API's limits and defaults.
+func httpLimits(cfg *config, raw *rawFlags) error {
+	cfg.API.MaxBody = int64(raw.maxBody)
+	cfg.MaxHeaderBytes = int(raw.maxHeader)
+	cfg.MaxReply = int(raw.maxReply)
+	if raw.qos > 2 {
+		return fmt.Errorf("--qos must be 0, 1 or 2, not %d", raw.qos)
+	}
+	cfg.API.DefaultQoS = byte(raw.qos)
+	var err error
+	if cfg.API.TrustedProxies, err = parsePrefixes(raw.trustedProxies); err != nil {
+		return fmt.Errorf("--trusted-proxies: %w", err)
+	}
+	if err := cfg.API.Validate(); err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
+	return nil
+}
+
+// brokerLimits checks the embedded broker's connection limits.
+func brokerLimits(cfg *config, raw *rawFlags) error {
 	// The largest packet a client may send: a request on its way to a
 	// responder, or a reply, with room for topic and properties.
-	cfg.MQTT.MaxPacketSize = int(max(maxBody, maxReply)) + 64<<10
-	cfg.MQTT.WriteBuffer = int(writeBuffer)
-	cfg.MQTT.SlowSubscribers = broker.SlowPolicy(slow)
+	cfg.MQTT.MaxPacketSize = int(max(raw.maxBody, raw.maxReply)) + broker.PacketHeadroom
+	cfg.MQTT.WriteBuffer = int(raw.writeBuffer)
+	cfg.MQTT.SlowSubscribers = broker.SlowPolicy(raw.slow)
 	// Zero would mean "the default" to the broker; as a flag it is a mistake.
 	if cfg.MQTT.ConnectTimeout <= 0 || cfg.MQTT.WriteTimeout <= 0 {
-		return cfg, errors.New("--mqtt-connect-timeout and --mqtt-write-timeout must be positive")
+		return errors.New("--mqtt-connect-timeout and --mqtt-write-timeout must be positive")
 	}
 	if cfg.MQTT.MaxKeepAlive%time.Second != 0 || cfg.MQTT.MaxKeepAlive <= 0 {
-		return cfg, fmt.Errorf("--mqtt-max-keepalive %s: the keep-alive must be whole seconds from 1s to 65535s", cfg.MQTT.MaxKeepAlive)
+		return fmt.Errorf("--mqtt-max-keepalive %s: the keep-alive must be whole seconds from 1s to 65535s", cfg.MQTT.MaxKeepAlive)
 	}
 	if err := cfg.MQTT.Validate(); err != nil {
-		return cfg, fmt.Errorf("embedded broker: %w (see --mqtt-* flags)", err)
+		return fmt.Errorf("embedded broker: %w (see --mqtt-* flags)", err)
 	}
-	if cfg.BrokerKeepAlive < time.Second || cfg.BrokerKeepAlive > 65535*time.Second || cfg.BrokerKeepAlive%time.Second != 0 {
-		return cfg, fmt.Errorf("--broker-keepalive %s must be whole seconds from 1s to 65535s", cfg.BrokerKeepAlive)
+	return nil
+}
+
+// serverTLS loads the certificate for HTTPS and the MQTT TLS listeners.
+func serverTLS(cfg *config, raw *rawFlags) error {
+	if (raw.tlsCert == "") != (raw.tlsKey == "") {
+		return errors.New("--tls-cert and --tls-key go together")
 	}
-	if cfg.API.TrustedProxies, err = parsePrefixes(trustedProxies); err != nil {
-		return cfg, fmt.Errorf("--trusted-proxies: %w", err)
-	}
-	if (tlsCert == "") != (tlsKey == "") {
-		return cfg, errors.New("--tls-cert and --tls-key go together")
-	}
-	if tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(tlsCert, tlsKey)
+	if raw.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(raw.tlsCert, raw.tlsKey)
 		if err != nil {
-			return cfg, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
 		}
 		cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	}
 	if cfg.MQTTTLSAddr != "" && cfg.TLS == nil {
-		return cfg, errors.New("--mqtt-tls-addr needs --tls-cert and --tls-key")
+		return errors.New("--mqtt-tls-addr needs --tls-cert and --tls-key")
 	}
-	if qos > 2 {
-		return cfg, fmt.Errorf("--qos must be 0, 1 or 2, not %d", qos)
+	return nil
+}
+
+// externalBroker checks --broker and its TLS and keep-alive settings.
+func externalBroker(cfg *config, raw *rawFlags) error {
+	if cfg.BrokerKeepAlive < time.Second || cfg.BrokerKeepAlive > 65535*time.Second || cfg.BrokerKeepAlive%time.Second != 0 {
+		return fmt.Errorf("--broker-keepalive %s must be whole seconds from 1s to 65535s", cfg.BrokerKeepAlive)
 	}
-	cfg.API.DefaultQoS = byte(qos)
-	if err := cfg.API.Validate(); err != nil {
-		return cfg, fmt.Errorf("invalid configuration: %w", err)
+	if cfg.Broker == "embedded" {
+		return nil
 	}
-	switch cfg.LogFormat {
-	case "text", "json":
-	default:
-		return cfg, fmt.Errorf("--log-format must be text or json, not %q", cfg.LogFormat)
+	u, err := url.Parse(cfg.Broker)
+	if err != nil {
+		// Not echoed: a URL that doesn't parse can't be redacted, and it
+		// may hold a password.
+		return errors.New("--broker: want embedded or a URL such as mqtt://broker:1883, mqtts://…, ws://…/mqtt or wss://…")
 	}
-	if cfg.Broker != "embedded" {
-		u, err := url.Parse(cfg.Broker)
-		if err != nil || u.Host == "" || !slices.Contains([]string{"mqtt", "mqtts", "ws", "wss"}, u.Scheme) {
-			// Not echoed: a URL that doesn't parse can't be redacted,
-			// and it may hold a password.
-			return cfg, errors.New("--broker: want embedded or a URL such as mqtt://broker:1883, mqtts://…, ws://…/mqtt or wss://…")
-		}
+	if err := gateway.CheckBrokerURL(u); err != nil {
 		if u.User != nil {
 			// Refused rather than used: a URL ends up in logs, process
 			// lists and shell histories.
-			return cfg, fmt.Errorf("--broker %s: credentials don't go in the URL; use --broker-username and MQTTGW_BROKER_PASSWORD", u.Redacted())
+			return fmt.Errorf("--broker %s: credentials don't go in the URL; use --broker-username and MQTTGW_BROKER_PASSWORD", u.Redacted())
 		}
-		cfg.BrokerURL = u
-		if u.Scheme == "mqtts" || u.Scheme == "wss" {
-			if cfg.BrokerTLS, err = clientTLS(brokerCA, brokerCert, brokerKey); err != nil {
-				return cfg, err
-			}
+		return fmt.Errorf("--broker %s: %w; want embedded or a URL such as mqtt://broker:1883, mqtts://…, ws://…/mqtt or wss://…", u.Redacted(), err)
+	}
+	cfg.BrokerURL = u
+	if u.Scheme == "mqtts" || u.Scheme == "wss" {
+		if cfg.BrokerTLS, err = clientTLS(raw.brokerCA, raw.brokerCert, raw.brokerKey); err != nil {
+			return err
 		}
 	}
+	return nil
+}
+
+// process checks logging, identity and shutdown.
+func process(cfg *config, _ *rawFlags) error {
+	switch cfg.LogFormat {
+	case "text", "json":
+	default:
+		return fmt.Errorf("--log-format must be text or json, not %q", cfg.LogFormat)
+	}
 	if cfg.InstanceID == "" {
+		// Here rather than in gateway.New: the external broker's client
+		// id is made from it before the gateway exists.
 		cfg.InstanceID = gateway.NewInstanceID()
 	}
 	if cfg.ShutdownGrace < 0 || cfg.ShutdownDelay < 0 {
-		return cfg, fmt.Errorf("--shutdown-grace and --shutdown-delay must not be negative")
+		return fmt.Errorf("--shutdown-grace and --shutdown-delay must not be negative")
 	}
-	return cfg, nil
+	return nil
 }
 
 // parsePrefixes reads a comma-separated list of IPs and CIDRs.

@@ -1,15 +1,14 @@
 package main
 
 // The gateway process against peers that starve it: descriptors run out,
-// the external broker freezes or takes the gateway's client id, secrets
-// are offered to its logs.
+// the external broker takes the gateway's client id, secrets are offered
+// to its logs.
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"os/exec"
 	"strings"
@@ -76,86 +75,44 @@ func TestRecoversFromRunningOutOfFileDescriptors(t *testing.T) {
 	gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool { return strings.Contains(logs.String(), "mqtt accept recovered") })
 }
 
-// A frozen broker (SIGSTOP) went unnoticed for 60 s: requests waited for
-// their own timeout instead of failing fast.
-func TestMosquittoFrozen(t *testing.T) {
-	m := gatewaytest.StartMosquitto(t)
-	_, base := mustStart(t, testConfig(t, "--broker", m.URL(), "--broker-keepalive", "1s"))
-	gatewaytest.StartResponder(t, m.URL(), "svc/echo", 1, gatewaytest.Echo)
-	if r := post(t, base+"/rpc/svc/echo", strings.NewReader("x")); r.status != 200 {
-		t.Fatalf("before the freeze: %d %s", r.status, r.body)
-	}
-
-	m.Freeze()
-	frozen := time.Now()
-	r := post(t, base+"/rpc/svc/echo?timeout=30s", strings.NewReader("x"))
-	// Two keep-alives, and a little for the scheduler.
-	if d := time.Since(frozen); d > 4*time.Second {
-		t.Fatalf("a request to a frozen broker took %s; it should fail within two keep-alives", d)
-	}
-	wantProblem(t, r, 503, "broker-unavailable", "")
-	req, _ := http.NewRequest(http.MethodGet, base+"/readyz", nil)
-	wantProblem(t, do(t, req), 503, "broker-unavailable", "")
-
-	m.Thaw()
-	waitReady(t, base)
-}
-
 // Anyone who may connect to the broker can read the gateway's client id
 // from a request's Response Topic and take the session over; the log must
 // say so (and the README what to do about it). An mqttgw with its
 // embedded broker plays the external broker: it sends DISCONNECT 0x8E as
-// MQTT v5 asks; mosquitto 2.0 just closes the connection, which the log
-// names too.
+// MQTT v5 asks. (mosquitto 2.0 just closes the connection; package
+// gateway tests what the transport logs then.)
 func TestClientIDTakeoverIsLogged(t *testing.T) {
-	for _, brokerKind := range []string{"mochi", "mosquitto"} {
-		t.Run(brokerKind, func(t *testing.T) {
-			var brokerURL string
-			if brokerKind == "mosquitto" {
-				brokerURL = gatewaytest.StartMosquitto(t).URL()
-			} else {
-				ext, _ := mustStart(t, testConfig(t))
-				brokerURL = "mqtt://" + ext.broker.Addr()
-			}
-			// A prefix of its own: the embedded broker keeps its own
-			// response prefix unreadable to network clients.
-			cfg := testConfig(t, "--broker", brokerURL, "--response-prefix", "gw2/reply")
-			_, base, logs := startLogged(t, cfg)
+	ext, _ := mustStart(t, testConfig(t))
+	brokerURL := "mqtt://" + ext.broker.Addr()
+	// A prefix of its own: the embedded broker keeps its own response
+	// prefix unreadable to network clients.
+	cfg := testConfig(t, "--broker", brokerURL, "--response-prefix", "gw2/reply")
+	_, base, logs := startLogged(t, cfg)
 
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			u, _ := url.Parse(brokerURL)
-			cm, err := autopaho.NewConnection(ctx, autopaho.ClientConfig{
-				ServerUrls: []*url.URL{u}, KeepAlive: 30, CleanStartOnInitialConnection: true,
-				ClientConfig: paho.ClientConfig{ClientID: "mqttgw-" + cfg.InstanceID},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cm.AwaitConnection(ctx); err != nil {
-				t.Fatal(err)
-			}
-			cm.Disconnect(ctx)
-
-			gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool {
-				if brokerKind == "mosquitto" {
-					for _, l := range logLines(t, logs, "broker connection failed") {
-						if strings.Contains(fmt.Sprint(l["error"]), "is another client using client id mqttgw-"+cfg.InstanceID) {
-							return true
-						}
-					}
-					return false
-				}
-				for _, l := range logLines(t, logs, "broker disconnected the gateway") {
-					if l["reason_code"] == "0x8E" && strings.Contains(fmt.Sprint(l["reason"]), "Session taken over") {
-						return true
-					}
-				}
-				return false
-			})
-			waitReady(t, base) // and it comes back
-		})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	u, _ := url.Parse(brokerURL)
+	cm, err := autopaho.NewConnection(ctx, autopaho.ClientConfig{
+		ServerUrls: []*url.URL{u}, KeepAlive: 30, CleanStartOnInitialConnection: true,
+		ClientConfig: paho.ClientConfig{ClientID: "mqttgw-" + cfg.InstanceID},
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
+	if err := cm.AwaitConnection(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cm.Disconnect(ctx)
+
+	gatewaytest.Eventually(t, 10*time.Second, "the takeover is logged", func() bool {
+		for _, l := range logLines(t, logs, "broker disconnected the gateway") {
+			if l["reason_code"] == "0x8E" && strings.Contains(fmt.Sprint(l["reason"]), "Session taken over") {
+				return true
+			}
+		}
+		return false
+	})
+	waitReady(t, base) // and it comes back
 }
 
 // A password is never logged, however often the connection fails.

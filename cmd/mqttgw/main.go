@@ -75,7 +75,8 @@ type app struct {
 }
 
 // start binds every listener (so "address in use" is an error here, and
-// ":0" resolves to a real port), then starts broker → gateway → HTTP.
+// ":0" resolves to a real port), then starts broker → gateway → HTTP. On
+// error it undoes what it started, in reverse order.
 func start(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error) {
 	a := &app{cfg: cfg, log: log, served: make(chan error, 1)}
 	raiseFileLimit(log)
@@ -99,53 +100,78 @@ func start(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error
 	if err != nil {
 		return nil, err
 	}
-	a.gw, err = gateway.New(gateway.Config{
-		ResponsePrefix: cfg.ResponsePrefix,
-		InstanceID:     cfg.InstanceID,
-		DefaultTimeout: cfg.API.DefaultTimeout,
-		MaxReply:       cfg.MaxReply,
-		Logger:         log.With("component", "gateway"),
-	}, transport)
-	if err != nil {
-		return nil, err
-	}
-	if err := a.gw.Start(ctx); err != nil {
+	if err := a.startGateway(ctx, transport); err != nil {
 		return nil, err
 	}
 	closers = append(closers, func() { a.gw.Close(context.Background()) })
+	if err := a.newAPI(); err != nil {
+		return nil, err
+	}
+	a.serve(ln)
+	a.logStarted()
+	return a, nil
+}
 
+// startGateway starts the RPC core on transport.
+func (a *app) startGateway(ctx context.Context, transport gateway.Transport) error {
+	gw, err := gateway.New(gateway.Config{
+		ResponsePrefix: a.cfg.ResponsePrefix,
+		InstanceID:     a.cfg.InstanceID,
+		DefaultTimeout: a.cfg.API.DefaultTimeout,
+		MaxReply:       a.cfg.MaxReply,
+		Logger:         a.log.With("component", "gateway"),
+	}, transport)
+	if err != nil {
+		return err
+	}
+	if err := gw.Start(ctx); err != nil {
+		return err
+	}
+	a.gw = gw
+	return nil
+}
+
+// newAPI builds the HTTP API with its metrics registry and, with
+// --auth-file, its API keys.
+func (a *app) newAPI() error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(a.gw.Collectors()...)
 	if a.broker != nil {
 		reg.MustRegister(a.broker.Collectors()...)
 	}
-	apiCfg := cfg.API
+	apiCfg := a.cfg.API
 	apiCfg.ReservedPrefix = a.gw.ResponsePrefix()
 	apiCfg.Registerer, apiCfg.Gatherer = reg, reg
-	if cfg.AuthFile != "" {
-		if a.auth, err = api.NewAuthenticator(cfg.AuthFile); err != nil {
-			return nil, err
+	if a.cfg.AuthFile != "" {
+		var err error
+		if a.auth, err = api.NewAuthenticator(a.cfg.AuthFile); err != nil {
+			return err
 		}
 		apiCfg.Auth = a.auth
 	} else if ip := net.ParseIP(hostOf(a.httpAddr)); ip == nil || !ip.IsLoopback() {
-		log.Warn("the HTTP API is open: anyone who can reach " + a.httpAddr + " may publish on any topic; set --auth-file, or listen on 127.0.0.1")
+		a.log.Warn("the HTTP API is open: anyone who can reach " + a.httpAddr + " may publish on any topic; set --auth-file, or listen on 127.0.0.1")
 	}
-	a.api = api.NewServer(log.With("component", "api"), readiness{a.gw, a.broker}, apiCfg)
+	a.api = api.NewServer(a.log.With("component", "api"), readiness{a.gw, a.broker}, apiCfg)
+	return nil
+}
+
+// serve starts the HTTP server on ln and listens for SIGHUP.
+func (a *app) serve(ln net.Listener) {
 	a.http = &http.Server{
 		Handler: a.api,
 		// Slow clients can't hold a connection by trickling headers, nor
 		// by reading a response slowly; a reply itself may take up to
 		// --max-timeout. Bodies have their own deadline in the handler.
 		ReadHeaderTimeout: 10 * time.Second,
-		WriteTimeout:      cfg.API.MaxTimeout + 30*time.Second,
+		WriteTimeout:      a.cfg.API.MaxTimeout + 30*time.Second,
 		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    cfg.MaxHeaderBytes,
-		TLSConfig:         cfg.TLS,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		MaxHeaderBytes:    a.cfg.MaxHeaderBytes,
+		TLSConfig:         a.cfg.TLS,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
 	go func() {
-		if cfg.TLS != nil {
+		if a.cfg.TLS != nil {
 			a.served <- a.http.ServeTLS(ln, "", "")
 			return
 		}
@@ -153,15 +179,16 @@ func start(ctx context.Context, cfg config, log *slog.Logger) (_ *app, err error
 	}()
 	a.hup = make(chan os.Signal, 1)
 	signal.Notify(a.hup, syscall.SIGHUP)
+}
 
+func (a *app) logStarted() {
 	attrs := []any{"http_addr", a.httpAddr, "response_topic", a.gw.ResponseTopic()}
 	if a.broker != nil {
 		attrs = append(attrs, "mqtt_addr", a.broker.Addr(), "ws_addr", a.broker.WSAddr(), "mqtt_tls_addr", a.broker.TLSAddr())
 	} else {
-		attrs = append(attrs, "broker", cfg.BrokerURL.Redacted())
+		attrs = append(attrs, "broker", a.cfg.BrokerURL.Redacted())
 	}
-	log.Info("mqttgw started", attrs...)
-	return a, nil
+	a.log.Info("mqttgw started", attrs...)
 }
 
 // transport starts the embedded broker and returns its in-process

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/mqttgw/mqttgw/broker"
+	"github.com/mqttgw/mqttgw/broker/brokertest"
 	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
 
@@ -27,7 +27,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const requestTopic = "service/temperature/query"
 
 func TestAnswersQueries(t *testing.T) {
-	b := startBroker(t)
+	// The service needs only the broker; the gateway that comes with it
+	// stays idle.
+	b, _ := brokertest.Start(t, broker.Config{Logger: slog.New(slog.DiscardHandler)})
 	stop := startService(t, b)
 	req := newRequester(t, b.Addr())
 
@@ -105,20 +107,6 @@ func assertContentType(t *testing.T, got *paho.Publish) {
 	}
 }
 
-func startBroker(t *testing.T) *broker.Broker {
-	t.Helper()
-	b, err := broker.New(broker.Config{TCPAddr: "127.0.0.1:0", Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		_ = b.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = b.Close() })
-	return b
-}
-
 // startService runs the service against b until it has subscribed, and
 // returns a stop that cancels it and yields run's result. The test's
 // cleanup stops it too, for tests that fail first.
@@ -153,40 +141,23 @@ func startService(t *testing.T, b *broker.Broker) (stop func() error) {
 		}
 	})
 
-	deadline := time.After(10 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !b.HasSubscribers(requestTopic) {
+	// The service logs "subscribed" once its SUBACK is in, and the broker
+	// records a subscription before it sends the SUBACK.
+	gatewaytest.Eventually(t, 10*time.Second, fmt.Sprintf("service subscribed to %q", requestTopic), func() bool {
 		select {
-		case <-tick.C:
 		case err := <-done:
 			done <- err // for stop
 			t.Fatalf("run returned before subscribing: %v", err)
-		case <-deadline:
-			t.Fatalf("service not subscribed to %q within 10s", requestTopic)
+		default:
 		}
-	}
-	// The broker records the subscription before it sends the SUBACK.
-	waitFor(t, func() bool { return strings.Contains(logs.String(), "msg=subscribed") }, `"subscribed" log line`)
+		return strings.Contains(logs.String(), "msg=subscribed")
+	})
 	return stop
 }
 
-func waitFor(t *testing.T, cond func() bool, what string) {
-	t.Helper()
-	deadline := time.After(5 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("no %s within 5s", what)
-		}
-	}
-}
-
-// requester is the test's own MQTT v5 client, asking as the Python
-// requester in the guide does.
+// requester is the test's own MQTT v5 client: it asks the service
+// directly, with a Response Topic and Correlation Data, as any MQTT v5
+// requester would.
 type requester struct {
 	cm        *autopaho.ConnectionManager
 	respTopic string
@@ -195,68 +166,21 @@ type requester struct {
 
 func newRequester(t *testing.T, addr string) *requester {
 	t.Helper()
-	u, err := url.Parse("mqtt://" + addr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Not under mqttgw/reply: the broker keeps that for the gateway.
 	r := &requester{
 		respTopic: "test/replies/" + rand.Text(),
 		replies:   make(chan *paho.Publish, 16),
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	subscribed := make(chan error, 1)
-	cm, err := autopaho.NewConnection(ctx, autopaho.ClientConfig{
-		ServerUrls:                    []*url.URL{u},
-		KeepAlive:                     30,
-		CleanStartOnInitialConnection: true,
-		ConnectTimeout:                5 * time.Second,
-		ReconnectBackoff:              autopaho.NewConstantBackoff(100 * time.Millisecond),
-		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
-			go func() {
-				sa, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: r.respTopic, QoS: 1}}})
-				if err == nil && (len(sa.Reasons) != 1 || sa.Reasons[0] >= 0x80) {
-					err = fmt.Errorf("subscribe %q refused: %v", r.respTopic, sa.Reasons)
-				}
-				select {
-				case subscribed <- err:
-				default:
-				}
-			}()
-		},
-		ClientConfig: paho.ClientConfig{
-			ClientID: "test-requester-" + rand.Text()[:8],
-			OnPublishReceived: []func(paho.PublishReceived) (bool, error){
-				func(pr paho.PublishReceived) (bool, error) {
-					// Never block paho's reader; a test that overflows this
-					// buffer has failed anyway.
-					select {
-					case r.replies <- pr.Packet:
-					default:
-					}
-					return true, nil
-				},
-			},
-		},
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	r.cm = cm
-	t.Cleanup(func() {
-		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer dcancel()
-		_ = cm.Disconnect(dctx)
-		cancel()
-	})
-	select {
-	case err := <-subscribed:
-		if err != nil {
-			t.Fatal(err)
+	r.cm = gatewaytest.Dial(t, "mqtt://"+addr, gatewaytest.ClientOptions{}, func(p *paho.Publish) {
+		// Never block paho's reader; a test that overflows this buffer
+		// has failed anyway.
+		select {
+		case r.replies <- p:
+		default:
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("requester: no SUBACK for %q within 10s", r.respTopic)
+	})
+	if rc := gatewaytest.Subscribe(t, r.cm, r.respTopic, 1); rc >= 0x80 {
+		t.Fatalf("subscribe %q refused: reason 0x%02x", r.respTopic, rc)
 	}
 	return r
 }

@@ -34,7 +34,9 @@ func Echo(req *paho.Publish) *paho.Publish {
 
 // Responder is a paho client subscribed to a filter, answering requests.
 type Responder struct {
-	cm      *autopaho.ConnectionManager
+	// cm is set once NewConnection returns; a request may arrive before
+	// that, so it is read under the lock.
+	cm      *autopaho.ConnectionManager // Lock should be held.
 	handled atomic.Int64
 	ctx     context.Context
 
@@ -87,7 +89,8 @@ func StartResponder(tb testing.TB, serverURL, filter string, qos byte, h Handler
 					if !r.stopped {
 						r.inflight.Add(1)
 						// paho reads the next packet only after this
-						// returns: answer from another goroutine.
+						// returns: answer from another goroutine, with
+						// the manager that received it.
 						go r.answer(pr.Packet, h)
 					}
 					return true, nil
@@ -104,7 +107,9 @@ func StartResponder(tb testing.TB, serverURL, filter string, qos byte, h Handler
 		cancel()
 		tb.Fatal(err)
 	}
+	r.mu.Lock()
 	r.cm = cm
+	r.mu.Unlock()
 	tb.Cleanup(func() {
 		r.mu.Lock()
 		r.stopped = true
@@ -141,5 +146,20 @@ func (r *Responder) answer(req *paho.Publish, h Handler) {
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, 5*time.Second)
 	defer cancel()
-	_, _ = r.cm.Publish(ctx, reply)
+	// The manager may not be known yet for a request that came in while
+	// NewConnection was returning; wait for it.
+	for {
+		r.mu.Lock()
+		cm := r.cm
+		r.mu.Unlock()
+		if cm != nil {
+			_, _ = cm.Publish(ctx, reply)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Millisecond):
+		}
+	}
 }

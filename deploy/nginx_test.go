@@ -1,10 +1,13 @@
 //go:build unix
 
-package main
+package deploy_test
 
-// The gateway behind a real nginx under a path prefix, configured by
-// deploy/nginx-prefix.conf: long waits, percent-encoded topics, problem
-// responses and client IPs must all come through as without nginx.
+// nginx.conf, the load balancer of compose.yaml, is checked against
+// compose's gateways. nginx-prefix.conf is run by a real nginx in front of
+// the real gateway binary under a path prefix: long waits, percent-encoded
+// topics, problem responses and client IPs must all come through as
+// without nginx. (unix only: nginx's master and workers are stopped as one
+// process group.)
 
 import (
 	"bufio"
@@ -26,11 +29,96 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/mqttgw/mqttgw/api"
 	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
 
-// nginxPrefixConf is the example configuration the test runs.
-const nginxPrefixConf = "../../deploy/nginx-prefix.conf"
+// TestNginx checks nginx.conf against the gateways of compose.yaml: every
+// gateway is an upstream server, and nginx waits longer than a request may.
+func TestNginx(t *testing.T) {
+	ps := loadPrograms(t)
+	b, err := os.ReadFile("nginx.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conf strings.Builder
+	for line := range strings.Lines(string(b)) {
+		line, _, _ = strings.Cut(line, "#")
+		conf.WriteString(line + "\n")
+	}
+	text := conf.String()
+
+	// The longest a request may wait: the largest --max-timeout of the
+	// gateways nginx proxies to.
+	gateways := map[string]string{} // service → its HTTP port
+	maxTimeout := time.Duration(0)
+	for _, s := range composeServices(loadYAML(t)) {
+		if p, _ := ps.program(s.run.argv); p != ps.gateway {
+			continue
+		}
+		d, err := ps.duration(t, s.run, "max-timeout")
+		if err != nil {
+			t.Error(err)
+		}
+		maxTimeout = max(maxTimeout, d)
+		_, args := ps.program(s.run.argv)
+		addr, ok := flagValue(args, "http-addr")
+		if !ok {
+			addr = s.run.env["MQTTGW_HTTP_ADDR"]
+		}
+		if addr == "" {
+			addr = ps.gateway.flags["http-addr"].def
+		}
+		_, port, _ := strings.Cut(addr, ":")
+		gateways[s.name] = port
+	}
+	if len(gateways) < 2 {
+		t.Errorf("compose.yaml runs %d gateway services, want at least 2 behind nginx", len(gateways))
+	}
+
+	timeouts := regexp.MustCompile(`\bproxy_read_timeout\s+(\S+?)\s*;`).FindAllStringSubmatch(text, -1)
+	if len(timeouts) == 0 {
+		t.Errorf("nginx.conf sets no proxy_read_timeout: nginx's default 60s is not above the gateways' --max-timeout %v", maxTimeout)
+	}
+	for _, m := range timeouts {
+		d, err := nginxTime(m[1])
+		if err != nil {
+			t.Errorf("nginx.conf: proxy_read_timeout %s: %v", m[1], err)
+			continue
+		}
+		if d <= maxTimeout {
+			t.Errorf("nginx.conf: proxy_read_timeout %s is not above the gateways' --max-timeout %v: nginx would cut long ?timeout requests", m[1], maxTimeout)
+		}
+	}
+
+	servers := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^\s*server\s+([\w.-]+):(\d+)\b`).FindAllStringSubmatch(text, -1) {
+		servers[m[1]] = true
+		port, ok := gateways[m[1]]
+		switch {
+		case !ok:
+			t.Errorf("nginx.conf: upstream server %s is no gateway service of compose.yaml", m[1])
+		case port != m[2]:
+			t.Errorf("nginx.conf: upstream server %s:%s, but the gateway listens on port %s", m[1], m[2], port)
+		}
+	}
+	for name := range gateways {
+		if !servers[name] {
+			t.Errorf("nginx.conf: gateway service %s is not an upstream server", name)
+		}
+	}
+}
+
+// nginxTime parses an nginx time: "75s", "75" (seconds), "1m30s", "500ms".
+func nginxTime(s string) (time.Duration, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		return time.Duration(n) * time.Second, nil
+	}
+	return time.ParseDuration(s)
+}
+
+// nginxPrefixConf is the example configuration TestBehindNginx runs.
+const nginxPrefixConf = "nginx-prefix.conf"
 
 func TestBehindNginx(t *testing.T) {
 	bin := gatewaytest.Need(t, "nginx", "apt-get install -y nginx-light")
@@ -50,18 +138,18 @@ func TestBehindNginx(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%s: proxy_read_timeout: %v", nginxPrefixConf, err)
 	}
-	if maxTimeout := testConfig(t).API.MaxTimeout; readTimeout <= maxTimeout {
+	if maxTimeout := loadPrograms(t).gatewayDefault(t, "max-timeout"); readTimeout <= maxTimeout {
 		t.Errorf("%s: proxy_read_timeout %s is not above the gateway's default --max-timeout %s", nginxPrefixConf, readTimeout, maxTimeout)
 	}
 
-	a, gwBase, logs := startLogged(t, testConfig(t, "--trusted-proxies", "127.0.0.1", "--log-format", "json"))
-	brokerURL := "mqtt://" + a.broker.Addr()
+	gwAddr, brokerURL, logs := startGateway(t, "--trusted-proxies", "127.0.0.1")
+	gwBase := "http://" + gwAddr
 	gatewaytest.StartResponder(t, brokerURL, "svc/echo", 1, gatewaytest.Echo)
 	gatewaytest.StartResponder(t, brokerURL, "svc/slow", 1, func(req *paho.Publish) *paho.Publish {
 		time.Sleep(3 * time.Second)
 		return gatewaytest.Echo(req)
 	})
-	nginxAddr := nginxStart(t, bin, string(template), a.httpAddr, nil)
+	nginxAddr := nginxStart(t, bin, string(template), gwAddr, nil)
 	base := "http://" + nginxAddr + "/api"
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{}}
 	t.Cleanup(client.CloseIdleConnections)
@@ -79,7 +167,7 @@ func TestBehindNginx(t *testing.T) {
 	t.Run("control: a short proxy_read_timeout does cut it", func(t *testing.T) {
 		// The same request through an nginx that waits only 1s gets
 		// nginx's own HTML 504: the failure the real config avoids.
-		short := "http://" + nginxStart(t, bin, string(template), a.httpAddr, map[string]string{"proxy_read_timeout": "1s"}) + "/api"
+		short := "http://" + nginxStart(t, bin, string(template), gwAddr, map[string]string{"proxy_read_timeout": "1s"}) + "/api"
 		r := nginxSend(t, client, http.MethodPost, short+"/rpc/svc/slow?timeout=10s", "x")
 		if r.status != 504 || strings.Contains(r.header.Get("Content-Type"), "problem+json") {
 			t.Fatalf("got %d %s %q, want nginx's own 504", r.status, r.header.Get("Content-Type"), r.body)
@@ -169,9 +257,9 @@ func TestBehindNginx(t *testing.T) {
 		}
 
 		// Without --trusted-proxies the header is ignored.
-		_, plainBase, plainLogs := startLogged(t, testConfig(t, "--log-format", "json"))
+		plainAddr, _, plainLogs := startGateway(t)
 		id = nginxRequestID()
-		nginxSend(t, client, http.MethodGet, plainBase+"/healthz", "", "X-Request-Id", id, "X-Forwarded-For", "203.0.113.7")
+		nginxSend(t, client, http.MethodGet, "http://"+plainAddr+"/healthz", "", "X-Request-Id", id, "X-Forwarded-For", "203.0.113.7")
 		if ip := nginxLogLine(t, plainLogs, id)["client_ip"]; ip != "127.0.0.1" {
 			t.Errorf("forged header without --trusted-proxies: client_ip %v, want 127.0.0.1", ip)
 		}
@@ -201,6 +289,32 @@ func TestBehindNginx(t *testing.T) {
 			}
 		}
 	})
+}
+
+// startGateway runs the mqttgw binary with its embedded broker on free
+// loopback ports, JSON logs, and args. It waits until /readyz answers 200
+// and returns the gateway's HTTP address, its broker's URL and its log.
+func startGateway(t *testing.T, args ...string) (httpAddr, brokerURL string, logs *gatewaytest.Buffer) {
+	t.Helper()
+	httpAddr, mqttAddr := gatewaytest.FreePort(t), gatewaytest.FreePort(t)
+	cmd := exec.Command(gatewaytest.Binary(t, "mqttgw"),
+		append([]string{"--http-addr", httpAddr, "--mqtt-addr", mqttAddr, "--log-format", "json"}, args...)...)
+	cmd.Env = cleanEnv()
+	logs = &gatewaytest.Buffer{}
+	cmd.Stdout = logs // StartProcess sends stdout and stderr there
+	gatewaytest.StartProcess(t, cmd)
+	gatewaytest.WaitListening(t, httpAddr)
+	c := &http.Client{Timeout: time.Second}
+	defer c.CloseIdleConnections()
+	gatewaytest.Eventually(t, 10*time.Second, "mqttgw's /readyz answers 200", func() bool {
+		resp, err := c.Get("http://" + httpAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return httpAddr, "mqtt://" + mqttAddr, logs
 }
 
 // nginxStart runs nginx with the template, changed to listen on a free
@@ -238,7 +352,7 @@ func nginxStart(t *testing.T, bin, template, upstream string, set map[string]str
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { // after startProcess's cleanup has stopped nginx
+	t.Cleanup(func() { // after StartProcess's cleanup has stopped nginx
 		if t.Failed() {
 			b, _ := os.ReadFile(filepath.Join(dir, "error.log"))
 			t.Logf("nginx config:\n%s\nnginx error.log:\n%s", conf, b)
@@ -246,7 +360,7 @@ func nginxStart(t *testing.T, bin, template, upstream string, set map[string]str
 	})
 	cmd := exec.Command(bin, "-p", dir+"/", "-c", path, "-e", "stderr")
 	// The workers inherit nginx's output pipes: killing only the master
-	// (startProcess's cleanup) would leave them running, and the wait for
+	// (StartProcess's cleanup) would leave them running, and the wait for
 	// the pipes would never end. Kill master and workers as one group
 	// first (cleanups run last-registered first).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -269,14 +383,6 @@ func nginxDirective(t *testing.T, conf, name, value string) string {
 	})
 }
 
-// nginxTime parses an nginx time: "75s", "75" (seconds), "1m30s", "500ms".
-func nginxTime(s string) (time.Duration, error) {
-	if n, err := strconv.Atoi(s); err == nil {
-		return time.Duration(n) * time.Second, nil
-	}
-	return time.ParseDuration(s)
-}
-
 var nginxRequests atomic.Int64
 
 // nginxRequestID is an X-Request-Id no other request of the run uses.
@@ -284,7 +390,15 @@ func nginxRequestID() string {
 	return fmt.Sprintf("nginx-test-%d-%d", os.Getpid(), nginxRequests.Add(1))
 }
 
-// nginxSend sends a request with c and reads the whole response.
+// response is a whole HTTP response.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// nginxSend sends a request with c and reads the whole response; header
+// is name, value, name, value….
 func nginxSend(t *testing.T, c *http.Client, method, url, body string, header ...string) response {
 	t.Helper()
 	var rd io.Reader
@@ -298,16 +412,48 @@ func nginxSend(t *testing.T, c *http.Client, method, url, body string, header ..
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Add(header[i], header[i+1])
 	}
-	return doWith(t, c, req)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return response{resp.StatusCode, resp.Header, b}
+}
+
+// wantProblem checks one of the gateway's application/problem+json
+// answers: its status, its type (api.ProblemTypeBase + slug), a title, and
+// a detail that mentions detail.
+func wantProblem(t *testing.T, r response, status int, slug, detail string) {
+	t.Helper()
+	if r.status != status {
+		t.Fatalf("status %d, want %d (body %s)", r.status, status, r.body)
+	}
+	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("Content-Type %q", ct)
+	}
+	var p api.Problem
+	if err := json.Unmarshal(r.body, &p); err != nil {
+		t.Fatalf("body %s: %v", r.body, err)
+	}
+	if p.Type != api.ProblemTypeBase+slug || p.Status != status || p.Title == "" {
+		t.Fatalf("problem %+v, want type %s status %d", p, slug, status)
+	}
+	if !strings.Contains(p.Detail, detail) {
+		t.Fatalf("detail %q, want it to mention %q", p.Detail, detail)
+	}
 }
 
 // nginxLogLine waits for the gateway's request log line with request_id id
 // (the line is written as the handler returns, so it may trail the
-// response a little).
+// response a little). On failure StartProcess's cleanup logs the whole log.
 func nginxLogLine(t *testing.T, logs *gatewaytest.Buffer, id string) map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	var found map[string]any
+	gatewaytest.Eventually(t, 5*time.Second, "a request log line with request_id "+id, func() bool {
 		sc := bufio.NewScanner(strings.NewReader(logs.String()))
 		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
@@ -316,12 +462,11 @@ func nginxLogLine(t *testing.T, logs *gatewaytest.Buffer, id string) map[string]
 				t.Fatalf("log line %q: %v", sc.Text(), err)
 			}
 			if line["msg"] == "request" && line["request_id"] == id {
-				return line
+				found = line
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no request log line with request_id %s within 5s; log:\n%s", id, logs.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false
+	})
+	return found
 }
