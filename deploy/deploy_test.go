@@ -24,23 +24,12 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"go.yaml.in/yaml/v4"
 
 	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	gatewaytest.RemoveBinaries()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { gatewaytest.Main(m) }
 
 // cleanEnv is the test's environment without MQTTGW_* variables, for the
 // binaries it runs: a variable set in the shell running the tests would

@@ -29,7 +29,6 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
-	"github.com/mqttgw/mqttgw/api"
 	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
 
@@ -157,8 +156,8 @@ func TestBehindNginx(t *testing.T) {
 	t.Run("long wait not cut", func(t *testing.T) {
 		start := time.Now()
 		r := nginxSend(t, client, http.MethodPost, base+"/rpc/svc/slow?timeout=10s", "slow body")
-		if r.status != 200 || string(r.body) != "slow body" {
-			t.Fatalf("got %d %q (%s), want 200 with the echo", r.status, r.body, r.header.Get("Content-Type"))
+		if r.Status != 200 || string(r.Body) != "slow body" {
+			t.Fatalf("got %d %q (%s), want 200 with the echo", r.Status, r.Body, r.Header.Get("Content-Type"))
 		}
 		if d := time.Since(start); d < 3*time.Second {
 			t.Fatalf("answered after %s, before the responder did", d)
@@ -169,8 +168,8 @@ func TestBehindNginx(t *testing.T) {
 		// nginx's own HTML 504: the failure the real config avoids.
 		short := "http://" + nginxStart(t, bin, string(template), gwAddr, map[string]string{"proxy_read_timeout": "1s"}) + "/api"
 		r := nginxSend(t, client, http.MethodPost, short+"/rpc/svc/slow?timeout=10s", "x")
-		if r.status != 504 || strings.Contains(r.header.Get("Content-Type"), "problem+json") {
-			t.Fatalf("got %d %s %q, want nginx's own 504", r.status, r.header.Get("Content-Type"), r.body)
+		if r.Status != 504 || strings.Contains(r.Header.Get("Content-Type"), "problem+json") {
+			t.Fatalf("got %d %s %q, want nginx's own 504", r.Status, r.Header.Get("Content-Type"), r.Body)
 		}
 	})
 
@@ -187,8 +186,8 @@ func TestBehindNginx(t *testing.T) {
 		} {
 			id := nginxRequestID()
 			r := nginxSend(t, client, http.MethodPost, base+tt.path, "x", "X-Request-Id", id, "Mqtt-User-Property", "k=v")
-			if r.status != tt.status {
-				t.Fatalf("%s: status %d, want %d (body %s)", tt.path, r.status, tt.status, r.body)
+			if r.Status != tt.status {
+				t.Fatalf("%s: status %d, want %d (body %s)", tt.path, r.Status, tt.status, r.Body)
 			}
 			line := nginxLogLine(t, logs, id)
 			if line["path"] != tt.path {
@@ -197,36 +196,36 @@ func TestBehindNginx(t *testing.T) {
 			if tt.wantTopic != "" && line["topic"] != tt.wantTopic {
 				t.Errorf("%s: topic %v, want %s", tt.path, line["topic"], tt.wantTopic)
 			}
-			if tt.status == 200 && (string(r.body) != "x" || fmt.Sprint(r.header.Values("Mqtt-User-Property")) != "[k=v]") {
-				t.Errorf("%s: body %q, user properties %q", tt.path, r.body, r.header.Values("Mqtt-User-Property"))
+			if tt.status == 200 && (string(r.Body) != "x" || fmt.Sprint(r.Header.Values("Mqtt-User-Property")) != "[k=v]") {
+				t.Errorf("%s: body %q, user properties %q", tt.path, r.Body, r.Header.Values("Mqtt-User-Property"))
 			}
 		}
 	})
 	t.Run("percent-encoded slash reaches its topic", func(t *testing.T) {
 		r := nginxSend(t, client, http.MethodPost, base+"/rpc/svc%2Fecho", "encoded")
-		if r.status != 200 || string(r.body) != "encoded" {
-			t.Fatalf("got %d %q", r.status, r.body)
+		if r.Status != 200 || string(r.Body) != "encoded" {
+			t.Fatalf("got %d %q", r.Status, r.Body)
 		}
 	})
 	t.Run("problems pass through unchanged", func(t *testing.T) {
 		via := nginxSend(t, client, http.MethodPost, base+"/rpc/nobody", "x")
-		wantProblem(t, via, 503, "no-responders", "subscribed")
+		gatewaytest.WantProblem(t, via, 503, "no-responders", "subscribed")
 		direct := nginxSend(t, client, http.MethodPost, gwBase+"/rpc/nobody", "x")
-		if string(via.body) != string(direct.body) || via.header.Get("Content-Type") != direct.header.Get("Content-Type") {
-			t.Errorf("through nginx %s %q, direct %s %q", via.header.Get("Content-Type"), via.body,
-				direct.header.Get("Content-Type"), direct.body)
+		if string(via.Body) != string(direct.Body) || via.Header.Get("Content-Type") != direct.Header.Get("Content-Type") {
+			t.Errorf("through nginx %s %q, direct %s %q", via.Header.Get("Content-Type"), via.Body,
+				direct.Header.Get("Content-Type"), direct.Body)
 		}
-		wantProblem(t, nginxSend(t, client, http.MethodPost, base+"/rpc/a%2Bb", "x"), 400, "invalid-topic", "wildcard")
+		gatewaytest.WantProblem(t, nginxSend(t, client, http.MethodPost, base+"/rpc/a%2Bb", "x"), 400, "invalid-topic", "wildcard")
 		// The query string comes along too.
-		wantProblem(t, nginxSend(t, client, http.MethodPost, base+"/rpc/svc/echo?timeout=0", "x"), 400, "invalid-parameter", "minimum of 1ms")
+		gatewaytest.WantProblem(t, nginxSend(t, client, http.MethodPost, base+"/rpc/svc/echo?timeout=0", "x"), 400, "invalid-parameter", "minimum of 1ms")
 	})
 	t.Run("under /api/ only after normalization", func(t *testing.T) {
 		// nginx matches location /api/ on the normalized path, but
 		// /x/../api/… is not under /api/ as sent: nginx refuses it.
 		id := nginxRequestID()
 		r := nginxSend(t, client, http.MethodPost, "http://"+nginxAddr+"/x/../api/rpc/svc/echo", "x", "X-Request-Id", id)
-		if r.status != 400 {
-			t.Fatalf("status %d, want 400 (body %s)", r.status, r.body)
+		if r.Status != 400 {
+			t.Fatalf("status %d, want 400 (body %s)", r.Status, r.Body)
 		}
 		if strings.Contains(logs.String(), id) {
 			t.Error("the request reached the gateway")
@@ -390,16 +389,9 @@ func nginxRequestID() string {
 	return fmt.Sprintf("nginx-test-%d-%d", os.Getpid(), nginxRequests.Add(1))
 }
 
-// response is a whole HTTP response.
-type response struct {
-	status int
-	header http.Header
-	body   []byte
-}
-
 // nginxSend sends a request with c and reads the whole response; header
 // is name, value, name, value….
-func nginxSend(t *testing.T, c *http.Client, method, url, body string, header ...string) response {
+func nginxSend(t *testing.T, c *http.Client, method, url, body string, header ...string) gatewaytest.Response {
 	t.Helper()
 	var rd io.Reader
 	if body != "" {
@@ -412,39 +404,7 @@ func nginxSend(t *testing.T, c *http.Client, method, url, body string, header ..
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Add(header[i], header[i+1])
 	}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return response{resp.StatusCode, resp.Header, b}
-}
-
-// wantProblem checks one of the gateway's application/problem+json
-// answers: its status, its type (api.ProblemTypeBase + slug), a title, and
-// a detail that mentions detail.
-func wantProblem(t *testing.T, r response, status int, slug, detail string) {
-	t.Helper()
-	if r.status != status {
-		t.Fatalf("status %d, want %d (body %s)", r.status, status, r.body)
-	}
-	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
-		t.Fatalf("Content-Type %q", ct)
-	}
-	var p api.Problem
-	if err := json.Unmarshal(r.body, &p); err != nil {
-		t.Fatalf("body %s: %v", r.body, err)
-	}
-	if p.Type != api.ProblemTypeBase+slug || p.Status != status || p.Title == "" {
-		t.Fatalf("problem %+v, want type %s status %d", p, slug, status)
-	}
-	if !strings.Contains(p.Detail, detail) {
-		t.Fatalf("detail %q, want it to mention %q", p.Detail, detail)
-	}
+	return gatewaytest.Do(t, c, req)
 }
 
 // nginxLogLine waits for the gateway's request log line with request_id id

@@ -194,13 +194,13 @@ func TestPythonResponder(t *testing.T) {
 		resp.waitFor(t, subscribedLine, 10*time.Second)
 
 		for _, city := range []string{"Vienna", "Berlin"} {
-			r := post(t, base+"/rpc/service/temperature/query?timeout=5s", strings.NewReader("query:"+city),
+			r := gatewaytest.Post(t, base+"/rpc/service/temperature/query?timeout=5s", strings.NewReader("query:"+city),
 				"Content-Type", "text/plain")
 			want := map[string]string{"Vienna": "Temperature in Vienna: 22.5°C", "Berlin": "Temperature in Berlin: 18.3°C"}[city]
-			if r.status != 200 || string(r.body) != want || r.header.Get("Content-Type") != "text/plain" {
-				t.Fatalf("%s: got %d %q Content-Type %q, want 200 %q text/plain", city, r.status, r.body, r.header.Get("Content-Type"), want)
+			if r.Status != 200 || string(r.Body) != want || r.Header.Get("Content-Type") != "text/plain" {
+				t.Fatalf("%s: got %d %q Content-Type %q, want 200 %q text/plain", city, r.Status, r.Body, r.Header.Get("Content-Type"), want)
 			}
-			if got := r.header.Values("Mqtt-User-Property"); len(got) != 0 {
+			if got := r.Header.Values("Mqtt-User-Property"); len(got) != 0 {
 				t.Errorf("%s: unexpected user properties %q", city, got)
 			}
 		}
@@ -244,12 +244,12 @@ func TestMQTTJSResponder(t *testing.T) {
 	props := []string{"Mqtt-User-Property", "a=1", "Mqtt-User-Property", "b=x=y", "Mqtt-User-Property", "a=2"}
 	const wantProps = "[a=1 a=2 b=x=y]"
 
-	r := post(t, base+"/rpc/svc/js?qos=1&timeout=5s", strings.NewReader(`{"n":0}`),
+	r := gatewaytest.Post(t, base+"/rpc/svc/js?qos=1&timeout=5s", strings.NewReader(`{"n":0}`),
 		append([]string{"Content-Type", "application/json"}, props...)...)
-	if r.status != 200 || string(r.body) != `{"n":0}` || r.header.Get("Content-Type") != "application/json" {
-		t.Fatalf("got %d %q Content-Type %q", r.status, r.body, r.header.Get("Content-Type"))
+	if r.Status != 200 || string(r.Body) != `{"n":0}` || r.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("got %d %q Content-Type %q", r.Status, r.Body, r.Header.Get("Content-Type"))
 	}
-	if got := fmt.Sprint(r.header.Values("Mqtt-User-Property")); got != wantProps {
+	if got := fmt.Sprint(r.Header.Values("Mqtt-User-Property")); got != wantProps {
 		t.Fatalf("Mqtt-User-Property %s, want %s", got, wantProps)
 	}
 	// What MQTT.js saw: the request at QoS 1 with the three properties in
@@ -260,20 +260,20 @@ func TestMQTTJSResponder(t *testing.T) {
 	// unparsable PUBACK and MQTT.js would drop the connection.
 	for i := 1; i <= 50; i++ {
 		body := fmt.Sprintf(`{"n":%d}`, i)
-		r := post(t, base+"/rpc/svc/js?qos=1&timeout=5s", strings.NewReader(body),
+		r := gatewaytest.Post(t, base+"/rpc/svc/js?qos=1&timeout=5s", strings.NewReader(body),
 			append([]string{"Content-Type", "application/json"}, props...)...)
-		if r.status != 200 || string(r.body) != body || r.header.Get("Content-Type") != "application/json" ||
-			fmt.Sprint(r.header.Values("Mqtt-User-Property")) != wantProps {
-			t.Fatalf("request %d: got %d %q Content-Type %q properties %q", i, r.status, r.body,
-				r.header.Get("Content-Type"), r.header.Values("Mqtt-User-Property"))
+		if r.Status != 200 || string(r.Body) != body || r.Header.Get("Content-Type") != "application/json" ||
+			fmt.Sprint(r.Header.Values("Mqtt-User-Property")) != wantProps {
+			t.Fatalf("request %d: got %d %q Content-Type %q properties %q", i, r.Status, r.Body,
+				r.Header.Get("Content-Type"), r.Header.Values("Mqtt-User-Property"))
 		}
 	}
 	// A request without content type or properties: none come back.
-	r = post(t, base+"/rpc/svc/js?qos=2&timeout=5s", strings.NewReader("plain"))
-	if r.status != 200 || string(r.body) != "plain" || r.header.Get("Content-Type") != "application/octet-stream" ||
-		len(r.header.Values("Mqtt-User-Property")) != 0 {
-		t.Fatalf("bare request: got %d %q Content-Type %q properties %q", r.status, r.body,
-			r.header.Get("Content-Type"), r.header.Values("Mqtt-User-Property"))
+	r = gatewaytest.Post(t, base+"/rpc/svc/js?qos=2&timeout=5s", strings.NewReader("plain"))
+	if r.Status != 200 || string(r.Body) != "plain" || r.Header.Get("Content-Type") != "application/octet-stream" ||
+		len(r.Header.Values("Mqtt-User-Property")) != 0 {
+		t.Fatalf("bare request: got %d %q Content-Type %q properties %q", r.Status, r.Body,
+			r.Header.Get("Content-Type"), r.Header.Values("Mqtt-User-Property"))
 	}
 	js.alive(t)
 	if s := js.stderr.String(); s != "" {
@@ -297,7 +297,7 @@ func TestMosquittoRRAndPythonRequesterAgainstEmbeddedBroker(t *testing.T) {
 	// Until it has subscribed, a request is refused at once as having
 	// no responder.
 	gatewaytest.Eventually(t, 15*time.Second, "temperature-service subscribed", func() bool {
-		return post(t, base+"/rpc/service/temperature/query?timeout=2s", strings.NewReader("query:Vienna")).status != http.StatusServiceUnavailable
+		return gatewaytest.Post(t, base+"/rpc/service/temperature/query?timeout=2s", strings.NewReader("query:Vienna")).Status != http.StatusServiceUnavailable
 	})
 
 	t.Run("mosquitto_rr", func(t *testing.T) {
@@ -336,9 +336,9 @@ func TestMosquittoRRAndPythonRequesterAgainstEmbeddedBroker(t *testing.T) {
 		}
 	})
 	t.Run("gateway alongside", func(t *testing.T) {
-		r := post(t, base+"/rpc/service/temperature/query?timeout=5s", strings.NewReader("query:Paris"))
-		if r.status != 200 || string(r.body) != "Temperature in Paris: 20.1°C" || r.header.Get("Content-Type") != "text/plain" {
-			t.Fatalf("got %d %q Content-Type %q", r.status, r.body, r.header.Get("Content-Type"))
+		r := gatewaytest.Post(t, base+"/rpc/service/temperature/query?timeout=5s", strings.NewReader("query:Paris"))
+		if r.Status != 200 || string(r.Body) != "Temperature in Paris: 20.1°C" || r.Header.Get("Content-Type") != "text/plain" {
+			t.Fatalf("got %d %q Content-Type %q", r.Status, r.Body, r.Header.Get("Content-Type"))
 		}
 	})
 	wantNoPending(t, a)
@@ -357,12 +357,12 @@ func TestWebSocketClient(t *testing.T) {
 	js := startWatched(t, exec.Command(node, mqttjsEchoResponder, "ws://"+a.broker.WSAddr()+"/mqtt", "svc/ws"))
 	js.waitFor(t, subscribedLine, 10*time.Second)
 
-	r := post(t, base+"/rpc/svc/ws?timeout=5s", strings.NewReader("over websocket"),
+	r := gatewaytest.Post(t, base+"/rpc/svc/ws?timeout=5s", strings.NewReader("over websocket"),
 		"Content-Type", "text/plain; charset=utf-8", "Mqtt-User-Property", "via=ws")
-	if r.status != 200 || string(r.body) != "over websocket" || r.header.Get("Content-Type") != "text/plain; charset=utf-8" {
-		t.Fatalf("got %d %q Content-Type %q", r.status, r.body, r.header.Get("Content-Type"))
+	if r.Status != 200 || string(r.Body) != "over websocket" || r.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+		t.Fatalf("got %d %q Content-Type %q", r.Status, r.Body, r.Header.Get("Content-Type"))
 	}
-	if got := fmt.Sprint(r.header.Values("Mqtt-User-Property")); got != "[via=ws]" {
+	if got := fmt.Sprint(r.Header.Values("Mqtt-User-Property")); got != "[via=ws]" {
 		t.Fatalf("Mqtt-User-Property %s", got)
 	}
 

@@ -91,11 +91,11 @@ func TestExternalBroker(t *testing.T) {
 		return base != ""
 	})
 	waitReady(t, base)
-	r := post(t, base+"/rpc/svc/echo?qos=2", strings.NewReader("via mosquitto"),
+	r := gatewaytest.Post(t, base+"/rpc/svc/echo?qos=2", strings.NewReader("via mosquitto"),
 		"Content-Type", "text/plain", "Mqtt-User-Property", "k=v", "Mqtt-User-Property", "k=w")
-	if r.status != 200 || string(r.body) != "via mosquitto" || r.header.Get("Content-Type") != "text/plain" ||
-		fmt.Sprint(r.header.Values("Mqtt-User-Property")) != "[k=v k=w]" {
-		t.Fatalf("round trip: %d %q %v", r.status, r.body, r.header)
+	if r.Status != 200 || string(r.Body) != "via mosquitto" || r.Header.Get("Content-Type") != "text/plain" ||
+		fmt.Sprint(r.Header.Values("Mqtt-User-Property")) != "[k=v k=w]" {
+		t.Fatalf("round trip: %d %q %v", r.Status, r.Body, r.Header)
 	}
 	gatewaytest.Eventually(t, 5*time.Second, "mosquitto logs the gateway's connection", func() bool {
 		b, err := os.ReadFile(brokerLog)

@@ -36,28 +36,28 @@ func TestHostileResponder(t *testing.T) {
 		return &paho.Publish{QoS: 1, Payload: huge}
 	})
 
-	r := post(t, base+"/rpc/hostile/huge?timeout=30s", strings.NewReader(strconv.Itoa(maxReply)))
-	if last := maxReply - 1; r.status != 200 || len(r.body) != maxReply || r.body[last] != byte(last*7/3) {
-		t.Fatalf("reply of --max-reply bytes: got %d and %d bytes, want 200 and the %d bytes sent", r.status, len(r.body), maxReply)
+	r := gatewaytest.Post(t, base+"/rpc/hostile/huge?timeout=30s", strings.NewReader(strconv.Itoa(maxReply)))
+	if last := maxReply - 1; r.Status != 200 || len(r.Body) != maxReply || r.Body[last] != byte(last*7/3) {
+		t.Fatalf("reply of --max-reply bytes: got %d and %d bytes, want 200 and the %d bytes sent", r.Status, len(r.Body), maxReply)
 	}
-	if cl, ct := r.header.Get("Content-Length"), r.header.Get("Content-Type"); cl != strconv.Itoa(maxReply) || ct != "application/octet-stream" {
+	if cl, ct := r.Header.Get("Content-Length"), r.Header.Get("Content-Type"); cl != strconv.Itoa(maxReply) || ct != "application/octet-stream" {
 		t.Fatalf("Content-Length %q, Content-Type %q", cl, ct)
 	}
 
-	r = post(t, base+"/rpc/hostile/huge?timeout=30s", strings.NewReader(strconv.Itoa(maxReply+1)))
-	wantProblem(t, r, 502, "reply-too-large", fmt.Sprintf("%d bytes; at most %d", maxReply+1, maxReply))
+	r = gatewaytest.Post(t, base+"/rpc/hostile/huge?timeout=30s", strings.NewReader(strconv.Itoa(maxReply+1)))
+	gatewaytest.WantProblem(t, r, 502, "reply-too-large", fmt.Sprintf("%d bytes; at most %d", maxReply+1, maxReply))
 
-	r = post(t, base+"/rpc/hostile/huge?timeout=1s", strings.NewReader(strconv.Itoa(1<<20)))
-	wantProblem(t, r, 504, "timeout", "1s")
+	r = gatewaytest.Post(t, base+"/rpc/hostile/huge?timeout=1s", strings.NewReader(strconv.Itoa(1<<20)))
+	gatewaytest.WantProblem(t, r, 504, "timeout", "1s")
 	req, _ := http.NewRequest(http.MethodGet, base+"/metrics", nil)
-	if m := do(t, req); !strings.Contains(string(m.body), "\nmqttgw_embedded_broker_oversized_packets_total 1\n") {
+	if m := gatewaytest.Do(t, nil, req); !strings.Contains(string(m.Body), "\nmqttgw_embedded_broker_oversized_packets_total 1\n") {
 		t.Fatal("the 1 MiB reply was not counted as an oversized packet")
 	}
 
 	// Still works after all that.
 	gatewaytest.StartResponder(t, brokerURL, "hostile/echo", 1, gatewaytest.Echo)
-	if r := post(t, base+"/rpc/hostile/echo?timeout=5s", strings.NewReader("alive")); r.status != 200 || string(r.body) != "alive" {
-		t.Fatalf("got %d %q", r.status, r.body)
+	if r := gatewaytest.Post(t, base+"/rpc/hostile/echo?timeout=5s", strings.NewReader("alive")); r.Status != 200 || string(r.Body) != "alive" {
+		t.Fatalf("got %d %q", r.Status, r.Body)
 	}
 	if s := a.gw.Stats(); s.Pending != 0 || s.Oversized != 1 {
 		t.Fatalf("stats %+v: want nothing pending and the one oversized reply", s)

@@ -68,9 +68,9 @@ func TestRecoversFromRunningOutOfFileDescriptors(t *testing.T) {
 	// connects now.
 	waitReady(t, base)
 	gatewaytest.StartResponder(t, "mqtt://"+mqttAddr, "svc/echo", 1, gatewaytest.Echo)
-	r := post(t, base+"/rpc/svc/echo?timeout=5s", strings.NewReader("back"))
-	if r.status != 200 || string(r.body) != "back" {
-		t.Fatalf("after running out of descriptors: %d %q", r.status, r.body)
+	r := gatewaytest.Post(t, base+"/rpc/svc/echo?timeout=5s", strings.NewReader("back"))
+	if r.Status != 200 || string(r.Body) != "back" {
+		t.Fatalf("after running out of descriptors: %d %q", r.Status, r.Body)
 	}
 	gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool { return strings.Contains(logs.String(), "mqtt accept recovered") })
 }

@@ -10,30 +10,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
-	"go.uber.org/goleak"
 
-	"github.com/mqttgw/mqttgw/api"
 	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	gatewaytest.RemoveBinaries()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { gatewaytest.Main(m) }
 
 // testConfig is the default configuration on loopback ports chosen by the OS.
 func testConfig(t testing.TB, args ...string) config {
@@ -99,65 +86,6 @@ func waitReady(t testing.TB, base string) {
 	}
 }
 
-type response struct {
-	status int
-	header http.Header
-	body   []byte
-}
-
-func post(t testing.TB, url string, body io.Reader, header ...string) response {
-	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Add(header[i], header[i+1])
-	}
-	return do(t, req)
-}
-
-func do(t testing.TB, req *http.Request) response {
-	t.Helper()
-	return doWith(t, http.DefaultClient, req)
-}
-
-// doWith sends req with c and reads the whole response.
-func doWith(t testing.TB, c *http.Client, req *http.Request) response {
-	t.Helper()
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return response{resp.StatusCode, resp.Header, b}
-}
-
-// wantProblem checks an RFC 9457 answer.
-func wantProblem(t *testing.T, r response, status int, slug, detail string) {
-	t.Helper()
-	if r.status != status {
-		t.Fatalf("status %d, want %d (body %s)", r.status, status, r.body)
-	}
-	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
-		t.Fatalf("Content-Type %q", ct)
-	}
-	var p api.Problem
-	if err := json.Unmarshal(r.body, &p); err != nil {
-		t.Fatalf("body %s: %v", r.body, err)
-	}
-	if p.Type != api.ProblemTypeBase+slug || p.Status != status || p.Title == "" {
-		t.Fatalf("problem %+v, want type %s status %d", p, slug, status)
-	}
-	if !strings.Contains(p.Detail, detail) {
-		t.Fatalf("detail %q, want it to mention %q", p.Detail, detail)
-	}
-}
-
 func TestEndToEnd(t *testing.T) {
 	a, base := mustStart(t, testConfig(t, "--max-body", "1KiB"))
 	brokerURL := "mqtt://" + a.broker.Addr()
@@ -177,55 +105,55 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("200 echo with properties both ways", func(t *testing.T) {
-		r := post(t, base+"/rpc/svc/echo?qos=2&timeout=5", strings.NewReader("hello"),
+		r := gatewaytest.Post(t, base+"/rpc/svc/echo?qos=2&timeout=5", strings.NewReader("hello"),
 			"Content-Type", "text/plain; charset=utf-8",
 			"Mqtt-User-Property", "trace=abc=def", "Mqtt-User-Property", "trace=2")
-		if r.status != 200 || string(r.body) != "hello" || r.header.Get("Content-Type") != "text/plain; charset=utf-8" {
-			t.Fatalf("got %d %q %q", r.status, r.body, r.header.Get("Content-Type"))
+		if r.Status != 200 || string(r.Body) != "hello" || r.Header.Get("Content-Type") != "text/plain; charset=utf-8" {
+			t.Fatalf("got %d %q %q", r.Status, r.Body, r.Header.Get("Content-Type"))
 		}
-		if got := r.header.Values("Mqtt-User-Property"); fmt.Sprint(got) != "[trace=abc=def trace=2]" {
+		if got := r.Header.Values("Mqtt-User-Property"); fmt.Sprint(got) != "[trace=abc=def trace=2]" {
 			t.Fatalf("user properties %q", got)
 		}
 	})
 	t.Run("responder sets status; unsafe property dropped", func(t *testing.T) {
-		r := post(t, base+"/rpc/svc/created", nil)
-		if r.status != 201 || string(r.body) != `{"id":7}` || r.header.Get("Content-Type") != "application/json" {
-			t.Fatalf("got %d %q %q", r.status, r.body, r.header.Get("Content-Type"))
+		r := gatewaytest.Post(t, base+"/rpc/svc/created", nil)
+		if r.Status != 201 || string(r.Body) != `{"id":7}` || r.Header.Get("Content-Type") != "application/json" {
+			t.Fatalf("got %d %q %q", r.Status, r.Body, r.Header.Get("Content-Type"))
 		}
-		if got := r.header.Values("Mqtt-User-Property"); fmt.Sprint(got) != "[http-status=201]" || r.header.Get("Injected") != "" {
-			t.Fatalf("headers %v", r.header)
+		if got := r.Header.Values("Mqtt-User-Property"); fmt.Sprint(got) != "[http-status=201]" || r.Header.Get("Injected") != "" {
+			t.Fatalf("headers %v", r.Header)
 		}
 	})
 	t.Run("200 without content type at qos 0", func(t *testing.T) {
-		r := post(t, base+"/rpc/svc/bare?qos=0", nil)
-		if r.status != 200 || !bytes.Equal(r.body, []byte{0, 1, 2}) || r.header.Get("Content-Type") != "application/octet-stream" {
-			t.Fatalf("got %d %q %q", r.status, r.body, r.header.Get("Content-Type"))
+		r := gatewaytest.Post(t, base+"/rpc/svc/bare?qos=0", nil)
+		if r.Status != 200 || !bytes.Equal(r.Body, []byte{0, 1, 2}) || r.Header.Get("Content-Type") != "application/octet-stream" {
+			t.Fatalf("got %d %q %q", r.Status, r.Body, r.Header.Get("Content-Type"))
 		}
 	})
 	t.Run("percent-encoded slash is a level separator", func(t *testing.T) {
-		r := post(t, base+"/rpc/svc%2Fecho", strings.NewReader("x"))
-		if r.status != 200 || string(r.body) != "x" {
-			t.Fatalf("got %d %q", r.status, r.body)
+		r := gatewaytest.Post(t, base+"/rpc/svc%2Fecho", strings.NewReader("x"))
+		if r.Status != 200 || string(r.Body) != "x" {
+			t.Fatalf("got %d %q", r.Status, r.Body)
 		}
 	})
 	t.Run("504 after the asked timeout", func(t *testing.T) {
 		start := time.Now()
-		r := post(t, base+"/rpc/svc/silent?timeout=300ms", nil)
-		wantProblem(t, r, 504, "timeout", "300ms")
+		r := gatewaytest.Post(t, base+"/rpc/svc/silent?timeout=300ms", nil)
+		gatewaytest.WantProblem(t, r, 504, "timeout", "300ms")
 		if d := time.Since(start); d < 300*time.Millisecond {
 			t.Fatalf("answered after %s, before the timeout", d)
 		}
 	})
 	t.Run("503 at once without responders", func(t *testing.T) {
 		start := time.Now()
-		r := post(t, base+"/rpc/nobody/listens?timeout=30s", nil)
-		wantProblem(t, r, 503, "no-responders", "subscribed")
+		r := gatewaytest.Post(t, base+"/rpc/nobody/listens?timeout=30s", nil)
+		gatewaytest.WantProblem(t, r, 503, "no-responders", "subscribed")
 		if d := time.Since(start); d > 5*time.Second {
 			t.Fatalf("took %s", d)
 		}
 	})
 	t.Run("502 bad http-status", func(t *testing.T) {
-		wantProblem(t, post(t, base+"/rpc/svc/broken", nil), 502, "bad-reply", `"abc"`)
+		gatewaytest.WantProblem(t, gatewaytest.Post(t, base+"/rpc/svc/broken", nil), 502, "bad-reply", `"abc"`)
 	})
 
 	for _, tt := range []struct {
@@ -259,40 +187,40 @@ func TestEndToEnd(t *testing.T) {
 		{"content type bad utf8", "/rpc/svc/echo", "invalid-header", "content type", []string{"Content-Type", "text/plain\xff"}},
 	} {
 		t.Run("400 "+tt.name, func(t *testing.T) {
-			wantProblem(t, post(t, base+tt.path, strings.NewReader("x"), tt.header...), 400, tt.slug, tt.detail)
+			gatewaytest.WantProblem(t, gatewaytest.Post(t, base+tt.path, strings.NewReader("x"), tt.header...), 400, tt.slug, tt.detail)
 		})
 	}
 
 	t.Run("413 with Content-Length", func(t *testing.T) {
-		wantProblem(t, post(t, base+"/rpc/svc/echo", strings.NewReader(strings.Repeat("x", 1025))), 413, "body-too-large", "1024")
+		gatewaytest.WantProblem(t, gatewaytest.Post(t, base+"/rpc/svc/echo", strings.NewReader(strings.Repeat("x", 1025))), 413, "body-too-large", "1024")
 	})
 	t.Run("413 chunked", func(t *testing.T) {
 		body := io.MultiReader(strings.NewReader(strings.Repeat("x", 2000))) // unknown length: chunked
-		wantProblem(t, post(t, base+"/rpc/svc/echo", body), 413, "body-too-large", "1024")
+		gatewaytest.WantProblem(t, gatewaytest.Post(t, base+"/rpc/svc/echo", body), 413, "body-too-large", "1024")
 	})
 	t.Run("exactly max body", func(t *testing.T) {
-		if r := post(t, base+"/rpc/svc/echo", strings.NewReader(strings.Repeat("x", 1024))); r.status != 200 || len(r.body) != 1024 {
-			t.Fatalf("got %d, %d bytes", r.status, len(r.body))
+		if r := gatewaytest.Post(t, base+"/rpc/svc/echo", strings.NewReader(strings.Repeat("x", 1024))); r.Status != 200 || len(r.Body) != 1024 {
+			t.Fatalf("got %d, %d bytes", r.Status, len(r.Body))
 		}
 	})
 	t.Run("404", func(t *testing.T) {
-		wantProblem(t, post(t, base+"/nope", nil), 404, "not-found", "/nope")
+		gatewaytest.WantProblem(t, gatewaytest.Post(t, base+"/nope", nil), 404, "not-found", "/nope")
 	})
 	t.Run("405", func(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodGet, base+"/rpc/svc/echo", nil)
-		wantProblem(t, do(t, req), 405, "method-not-allowed", "GET")
+		gatewaytest.WantProblem(t, gatewaytest.Do(t, nil, req), 405, "method-not-allowed", "GET")
 	})
 	t.Run("healthz and readyz", func(t *testing.T) {
 		for _, p := range []string{"/healthz", "/readyz"} {
 			req, _ := http.NewRequest(http.MethodGet, base+p, nil)
-			if r := do(t, req); r.status != 200 {
-				t.Fatalf("%s: %d", p, r.status)
+			if r := gatewaytest.Do(t, nil, req); r.Status != 200 {
+				t.Fatalf("%s: %d", p, r.Status)
 			}
 		}
 	})
 	t.Run("still works after all that", func(t *testing.T) {
-		if r := post(t, base+"/rpc/svc/echo", strings.NewReader("alive")); r.status != 200 || string(r.body) != "alive" {
-			t.Fatalf("got %d %q", r.status, r.body)
+		if r := gatewaytest.Post(t, base+"/rpc/svc/echo", strings.NewReader("alive")); r.Status != 200 || string(r.Body) != "alive" {
+			t.Fatalf("got %d %q", r.Status, r.Body)
 		}
 		if n := a.gw.Stats().Pending; n != 0 {
 			t.Fatalf("%d pending entries left", n)
@@ -320,9 +248,9 @@ func TestGracefulShutdown(t *testing.T) {
 	})
 
 	var wg sync.WaitGroup
-	var quick, never response
-	wg.Go(func() { quick = post(t, base+"/rpc/svc/quick?timeout=10s", strings.NewReader("q")) })
-	wg.Go(func() { never = post(t, base+"/rpc/svc/never?timeout=30s", nil) })
+	var quick, never gatewaytest.Response
+	wg.Go(func() { quick = gatewaytest.Post(t, base+"/rpc/svc/quick?timeout=10s", strings.NewReader("q")) })
+	wg.Go(func() { never = gatewaytest.Post(t, base+"/rpc/svc/never?timeout=30s", nil) })
 	<-received
 	<-received
 	start := time.Now()
@@ -332,11 +260,11 @@ func TestGracefulShutdown(t *testing.T) {
 	if err := <-stopped; err != nil {
 		t.Fatal(err)
 	}
-	if quick.status != 200 || string(quick.body) != "q" {
-		t.Errorf("in-flight request within grace: %d %q", quick.status, quick.body)
+	if quick.Status != 200 || string(quick.Body) != "q" {
+		t.Errorf("in-flight request within grace: %d %q", quick.Status, quick.Body)
 	}
-	wantProblem(t, never, 503, "shutting-down", "shutting down")
-	if never.header.Get("Retry-After") == "" {
+	gatewaytest.WantProblem(t, never, 503, "shutting-down", "shutting down")
+	if never.Header.Get("Retry-After") == "" {
 		t.Error("503 shutting-down without Retry-After")
 	}
 	if d := time.Since(start); d > 10*time.Second {
@@ -383,7 +311,7 @@ func TestRun(t *testing.T) {
 		t.Fatal("no start-up line with http_addr")
 	}
 	waitReady(t, "http://"+httpAddr)
-	wantProblem(t, post(t, "http://"+httpAddr+"/rpc/nobody", nil), 503, "no-responders", "")
+	gatewaytest.WantProblem(t, gatewaytest.Post(t, "http://"+httpAddr+"/rpc/nobody", nil), 503, "no-responders", "")
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("run: %v", err)
@@ -568,10 +496,10 @@ func TestShutdownDelay(t *testing.T) {
 	go func() { done <- stop() }()
 	gatewaytest.Eventually(t, 5*time.Second, "the condition", func() bool {
 		req, _ := http.NewRequest(http.MethodGet, base+"/readyz", nil)
-		return do(t, req).status == 503
+		return gatewaytest.Do(t, nil, req).Status == 503
 	})
-	if r := post(t, base+"/rpc/svc/echo", strings.NewReader("still")); r.status != 200 || string(r.body) != "still" {
-		t.Fatalf("during the delay: %d %q", r.status, r.body)
+	if r := gatewaytest.Post(t, base+"/rpc/svc/echo", strings.NewReader("still")); r.Status != 200 || string(r.Body) != "still" {
+		t.Fatalf("during the delay: %d %q", r.Status, r.Body)
 	}
 	select {
 	case err := <-done:

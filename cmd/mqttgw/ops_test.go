@@ -64,17 +64,17 @@ func logLines(t *testing.T, logs *gatewaytest.Buffer, msg string) []map[string]a
 func TestMetrics(t *testing.T) {
 	a, base := mustStart(t, testConfig(t))
 	gatewaytest.StartResponder(t, "mqtt://"+a.broker.Addr(), "svc/echo", 1, gatewaytest.Echo)
-	post(t, base+"/rpc/svc/echo", strings.NewReader("x"))
-	post(t, base+"/rpc/svc/echo", strings.NewReader("x"))
-	post(t, base+"/rpc/nobody", nil)
-	post(t, base+"/rpc/a/%23", nil)
+	gatewaytest.Post(t, base+"/rpc/svc/echo", strings.NewReader("x"))
+	gatewaytest.Post(t, base+"/rpc/svc/echo", strings.NewReader("x"))
+	gatewaytest.Post(t, base+"/rpc/nobody", nil)
+	gatewaytest.Post(t, base+"/rpc/a/%23", nil)
 
 	req, _ := http.NewRequest(http.MethodGet, base+"/metrics", nil)
-	r := do(t, req)
-	if r.status != 200 || !strings.HasPrefix(r.header.Get("Content-Type"), "text/plain") {
-		t.Fatalf("/metrics: %d %q", r.status, r.header.Get("Content-Type"))
+	r := gatewaytest.Do(t, nil, req)
+	if r.Status != 200 || !strings.HasPrefix(r.Header.Get("Content-Type"), "text/plain") {
+		t.Fatalf("/metrics: %d %q", r.Status, r.Header.Get("Content-Type"))
 	}
-	body := string(r.body)
+	body := string(r.Body)
 	for _, want := range []string{
 		`mqttgw_rpc_requests_total{outcome="ok"} 2`,
 		`mqttgw_rpc_requests_total{outcome="no_responders"} 1`,
@@ -119,23 +119,23 @@ func TestMaxInflight(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 2 {
 		wg.Go(func() {
-			if r := post(t, base+"/rpc/svc/hold", strings.NewReader("held")); r.status != 200 {
-				t.Errorf("held request: %d", r.status)
+			if r := gatewaytest.Post(t, base+"/rpc/svc/hold", strings.NewReader("held")); r.Status != 200 {
+				t.Errorf("held request: %d", r.Status)
 			}
 		})
 	}
 	<-got
 	<-got
 	start := time.Now()
-	r := post(t, base+"/rpc/svc/hold", nil)
-	wantProblem(t, r, 503, "overloaded", "max-inflight")
-	if r.header.Get("Retry-After") != "1" || time.Since(start) > 2*time.Second {
-		t.Errorf("Retry-After %q after %s", r.header.Get("Retry-After"), time.Since(start))
+	r := gatewaytest.Post(t, base+"/rpc/svc/hold", nil)
+	gatewaytest.WantProblem(t, r, 503, "overloaded", "max-inflight")
+	if r.Header.Get("Retry-After") != "1" || time.Since(start) > 2*time.Second {
+		t.Errorf("Retry-After %q after %s", r.Header.Get("Retry-After"), time.Since(start))
 	}
 	close(release)
 	wg.Wait()
-	if r := post(t, base+"/rpc/svc/hold", strings.NewReader("again")); r.status != 200 {
-		t.Fatalf("after the bound freed up: %d", r.status)
+	if r := gatewaytest.Post(t, base+"/rpc/svc/hold", strings.NewReader("again")); r.Status != 200 {
+		t.Fatalf("after the bound freed up: %d", r.Status)
 	}
 }
 
@@ -143,7 +143,7 @@ func TestRequestLogLine(t *testing.T) {
 	cfg := testConfig(t, "--log-format", "json")
 	a, base, logs := startLogged(t, cfg)
 	gatewaytest.StartResponder(t, "mqtt://"+a.broker.Addr(), "svc/echo", 1, gatewaytest.Echo)
-	post(t, base+"/rpc/svc%2Fecho", strings.NewReader("x"), "X-Request-Id", "req-42", "X-Forwarded-For", "203.0.113.9")
+	gatewaytest.Post(t, base+"/rpc/svc%2Fecho", strings.NewReader("x"), "X-Request-Id", "req-42", "X-Forwarded-For", "203.0.113.9")
 
 	var line map[string]any
 	for _, l := range logLines(t, logs, "request") {
@@ -166,9 +166,9 @@ func TestRequestLogLine(t *testing.T) {
 
 func TestHeaderLimit(t *testing.T) {
 	_, base := mustStart(t, testConfig(t, "--max-header-bytes", "4KiB"))
-	r := post(t, base+"/rpc/svc/x", nil, "Mqtt-User-Property", "k="+strings.Repeat("v", 8<<10))
-	if r.status != http.StatusRequestHeaderFieldsTooLarge {
-		t.Fatalf("status %d, want 431", r.status)
+	r := gatewaytest.Post(t, base+"/rpc/svc/x", nil, "Mqtt-User-Property", "k="+strings.Repeat("v", 8<<10))
+	if r.Status != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("status %d, want 431", r.Status)
 	}
 }
 

@@ -40,19 +40,19 @@ func TestAuthFile(t *testing.T) {
 	a, base := mustStart(t, testConfig(t, "--auth-file", keys))
 	gatewaytest.StartResponder(t, "mqtt://"+a.broker.Addr(), "svc/echo", 1, gatewaytest.Echo)
 
-	r := post(t, base+"/rpc/svc/echo", strings.NewReader("x"))
-	wantProblem(t, r, 401, "unauthorized", "")
-	if r.header.Get("WWW-Authenticate") != `Bearer realm="mqttgw"` {
-		t.Errorf("WWW-Authenticate %q", r.header.Get("WWW-Authenticate"))
+	r := gatewaytest.Post(t, base+"/rpc/svc/echo", strings.NewReader("x"))
+	gatewaytest.WantProblem(t, r, 401, "unauthorized", "")
+	if r.Header.Get("WWW-Authenticate") != `Bearer realm="mqttgw"` {
+		t.Errorf("WWW-Authenticate %q", r.Header.Get("WWW-Authenticate"))
 	}
-	if r := post(t, base+"/rpc/svc/echo", strings.NewReader("x"), "Authorization", "Bearer first-key-0123456789abcdef"); r.status != 200 || string(r.body) != "x" {
-		t.Fatalf("with the key: %d %q", r.status, r.body)
+	if r := gatewaytest.Post(t, base+"/rpc/svc/echo", strings.NewReader("x"), "Authorization", "Bearer first-key-0123456789abcdef"); r.Status != 200 || string(r.Body) != "x" {
+		t.Fatalf("with the key: %d %q", r.Status, r.Body)
 	}
-	wantProblem(t, post(t, base+"/rpc/other/topic", nil, "X-API-Key", "first-key-0123456789abcdef"), 403, "forbidden", "other/topic")
+	gatewaytest.WantProblem(t, gatewaytest.Post(t, base+"/rpc/other/topic", nil, "X-API-Key", "first-key-0123456789abcdef"), 403, "forbidden", "other/topic")
 	// Health and readiness stay open for probes.
 	req, _ := http.NewRequest(http.MethodGet, base+"/readyz", nil)
-	if r := do(t, req); r.status != 200 {
-		t.Fatalf("/readyz with auth on: %d", r.status)
+	if r := gatewaytest.Do(t, nil, req); r.Status != 200 {
+		t.Fatalf("/readyz with auth on: %d", r.Status)
 	}
 
 	// Rotate: a real SIGHUP reaches the running gateway.
@@ -61,17 +61,17 @@ func TestAuthFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool {
-		return post(t, base+"/rpc/svc/echo", nil, "X-API-Key", "second-key-0123456789abcdef").status == 200
+		return gatewaytest.Post(t, base+"/rpc/svc/echo", nil, "X-API-Key", "second-key-0123456789abcdef").Status == 200
 	})
-	wantProblem(t, post(t, base+"/rpc/svc/echo", nil, "X-API-Key", "first-key-0123456789abcdef"), 401, "unauthorized", "")
+	gatewaytest.WantProblem(t, gatewaytest.Post(t, base+"/rpc/svc/echo", nil, "X-API-Key", "first-key-0123456789abcdef"), 401, "unauthorized", "")
 
 	// A broken file is refused; the keys in force stay.
 	if err := os.WriteFile(keys, []byte("keys: [{name: x, sha256: nothex, topics: [a]}]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	a.reload()
-	if r := post(t, base+"/rpc/svc/echo", nil, "X-API-Key", "second-key-0123456789abcdef"); r.status != 200 {
-		t.Fatalf("after a broken reload: %d", r.status)
+	if r := gatewaytest.Post(t, base+"/rpc/svc/echo", nil, "X-API-Key", "second-key-0123456789abcdef"); r.Status != 200 {
+		t.Fatalf("after a broken reload: %d", r.Status)
 	}
 }
 
@@ -118,12 +118,12 @@ func TestMQTTUsersFile(t *testing.T) {
 	anon.Close()
 
 	gatewaytest.StartResponder(t, "mqtt://responder:pw@"+addr, "svc/a", 1, gatewaytest.Echo)
-	if r := post(t, base+"/rpc/svc/a", strings.NewReader("hi")); r.status != 200 || string(r.body) != "hi" {
-		t.Fatalf("authenticated responder: %d %q", r.status, r.body)
+	if r := gatewaytest.Post(t, base+"/rpc/svc/a", strings.NewReader("hi")); r.Status != 200 || string(r.Body) != "hi" {
+		t.Fatalf("authenticated responder: %d %q", r.Status, r.Body)
 	}
 
 	// Narrow the user's grants and reload: deliveries on svc/a stop.
 	write("svc/b")
 	a.reload()
-	wantProblem(t, post(t, base+"/rpc/svc/a?timeout=300ms", nil), 504, "timeout", "")
+	gatewaytest.WantProblem(t, gatewaytest.Post(t, base+"/rpc/svc/a?timeout=300ms", nil), 504, "timeout", "")
 }

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // Need returns the path of program, or skips the test when it is missing,
@@ -252,10 +254,24 @@ func Binary(tb testing.TB, name string) string {
 	return filepath.Join(buildDir, name)
 }
 
-// RemoveBinaries deletes what Binary built; call it from TestMain once the
-// tests have run.
-func RemoveBinaries() {
+// removeBinaries deletes what Binary built.
+func removeBinaries() {
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}
+}
+
+// Main runs a package's tests, removes what Binary built, and fails the
+// run if goroutines outlive the tests (goleak): call it from TestMain of
+// packages that run the project's binaries.
+func Main(m *testing.M) {
+	code := m.Run()
+	removeBinaries()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
