@@ -298,7 +298,9 @@ func TestSubscriberThatDoesNotRead(t *testing.T) {
 	for _, policy := range []broker.SlowPolicy{broker.SlowDrop, broker.SlowDisconnect} {
 		for _, kind := range []string{"tcp", "ws", "tls", "wss"} {
 			t.Run(fmt.Sprintf("%s/%s", policy, kind), func(t *testing.T) {
-				const writeBuffer = 1 << 20
+				// Room for 8 requests in flight to the responder, far less
+				// than the 20 MB the spy is sent.
+				const writeBuffer = 4 << 20
 				eps, brokers, gws := hostileBrokers(t, broker.Config{
 					MaxPacketSize: 128 << 10, WriteBuffer: writeBuffer, SlowSubscribers: policy,
 				})

@@ -7,15 +7,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -26,7 +23,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
@@ -172,19 +168,15 @@ func TestHeaderLimit(t *testing.T) {
 	}
 }
 
-// TestTLSListeners serves HTTPS and the embedded broker's MQTT over TLS
-// with certificates made here.
-func TestTLSListeners(t *testing.T) {
+// TestTLSFlags: --tls-cert and --tls-key serve HTTPS (and the healthcheck
+// speaks it), and --mqtt-tls-addr serves MQTT over TLS, with certificates
+// made here.
+func TestTLSFlags(t *testing.T) {
 	pki := gatewaytest.NewPKI(t)
 	cfg := testConfig(t, "--tls-cert", pki.ServerCert, "--tls-key", pki.ServerKey, "--mqtt-tls-addr", "127.0.0.1:0")
 	a, _, _ := startLogged(t, cfg)
 
-	pool := x509.NewCertPool()
-	caPEM, err := os.ReadFile(pki.CA)
-	if err != nil || !pool.AppendCertsFromPEM(caPEM) {
-		t.Fatalf("CA: %v", err)
-	}
-	tlsCfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	tlsCfg := pki.ClientTLS(t, false)
 	gatewaytest.StartResponder(t, "mqtt://"+a.broker.Addr(), "svc/echo", 1, gatewaytest.Echo)
 
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}}
@@ -208,45 +200,8 @@ func TestTLSListeners(t *testing.T) {
 	}
 
 	// A real MQTT client over mqtts:// answers a request.
-	u, _ := url.Parse("mqtts://" + a.broker.TLSAddr())
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	subscribed := make(chan error, 1)
-	var cm *autopaho.ConnectionManager
-	cm, err = autopaho.NewConnection(ctx, autopaho.ClientConfig{
-		ServerUrls: []*url.URL{u}, TlsCfg: tlsCfg, KeepAlive: 30, CleanStartOnInitialConnection: true,
-		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
-			go func() {
-				_, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "svc/tls", QoS: 1}}})
-				subscribed <- err
-			}()
-		},
-		ClientConfig: paho.ClientConfig{OnPublishReceived: []func(paho.PublishReceived) (bool, error){
-			func(pr paho.PublishReceived) (bool, error) {
-				go func() {
-					_, _ = cm.Publish(ctx, &paho.Publish{Topic: pr.Packet.Properties.ResponseTopic, QoS: 1, Payload: []byte("via mqtts"),
-						Properties: &paho.PublishProperties{CorrelationData: pr.Packet.Properties.CorrelationData}})
-				}()
-				return true, nil
-			},
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer dcancel()
-		_ = cm.Disconnect(dctx)
-	}()
-	select {
-	case err := <-subscribed:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no SUBACK over mqtts")
-	}
+	gatewaytest.StartResponderWith(t, "mqtts://"+a.broker.TLSAddr(), gatewaytest.ClientOptions{TLS: tlsCfg}, "svc/tls", 1,
+		func(*paho.Publish) *paho.Publish { return &paho.Publish{QoS: 1, Payload: []byte("via mqtts")} })
 	resp, err = client.Post("https://"+a.httpAddr+"/rpc/svc/tls", "", nil)
 	if err != nil {
 		t.Fatal(err)

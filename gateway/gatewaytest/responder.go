@@ -53,6 +53,13 @@ func (r *Responder) Handled() int64 { return r.handled.Load() }
 // subscription is acknowledged; the test's cleanup disconnects it.
 func StartResponder(tb testing.TB, serverURL, filter string, qos byte, h Handler) *Responder {
 	tb.Helper()
+	return StartResponderWith(tb, serverURL, ClientOptions{}, filter, qos, h)
+}
+
+// StartResponderWith is StartResponder with o's credentials and TLS
+// settings (for mqtts:// and wss://); credentials in serverURL win.
+func StartResponderWith(tb testing.TB, serverURL string, o ClientOptions, filter string, qos byte, h Handler) *Responder {
+	tb.Helper()
 	u, err := url.Parse(serverURL)
 	if err != nil {
 		tb.Fatal(err)
@@ -97,6 +104,10 @@ func StartResponder(tb testing.TB, serverURL, filter string, qos byte, h Handler
 				},
 			},
 		},
+	}
+	cc.TlsCfg, cc.ClientConfig.ClientID = o.TLS, o.ClientID
+	if o.User != "" {
+		cc.ConnectUsername, cc.ConnectPassword = o.User, []byte(o.Password)
 	}
 	if u.User != nil { // mqtt://user:password@host:port
 		pw, _ := u.User.Password()
