@@ -58,6 +58,18 @@ func (l *listenerBase) Address() string {
 	return l.address
 }
 
+// bind listens on the address; mochi calls Init, and so this, when the
+// listener is added, so that an address in use is an error of New.
+func (l *listenerBase) bind(log *slog.Logger) error {
+	l.log = log
+	ln, err := net.Listen("tcp", l.address)
+	if err != nil {
+		return err
+	}
+	l.ln = ln
+	return nil
+}
+
 // Err is why the listener stopped serving before Close, or nil.
 func (l *listenerBase) Err() error {
 	if p := l.dead.Load(); p != nil {
@@ -88,15 +100,7 @@ func (l *tcpListener) Protocol() string {
 }
 
 // Init binds the address, so that an address in use is an error of New.
-func (l *tcpListener) Init(log *slog.Logger) error {
-	l.log = log
-	ln, err := net.Listen("tcp", l.address)
-	if err != nil {
-		return err
-	}
-	l.ln = ln
-	return nil
-}
+func (l *tcpListener) Init(log *slog.Logger) error { return l.bind(log) }
 
 // Serve accepts connections until Close.
 func (l *tcpListener) Serve(establish listeners.EstablishFn) {

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"log/slog"
-	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -49,17 +48,14 @@ func (l *wsListener) Protocol() string {
 }
 
 func (l *wsListener) Init(log *slog.Logger) error {
-	l.log = log
-	ln, err := net.Listen("tcp", l.address)
-	if err != nil {
+	if err := l.bind(log); err != nil {
 		return err
 	}
 	if l.tls != nil {
 		// TLS under HTTP, as http.Server.ServeTLS would do; that one
 		// binds nothing itself but wants certificate files.
-		ln = tls.NewListener(ln, l.tls)
+		l.ln = tls.NewListener(l.ln, l.tls)
 	}
-	l.ln = ln
 	l.srv = &http.Server{
 		Handler: http.HandlerFunc(l.serveHTTP),
 		// net/http bounds the TLS handshake by this too.
