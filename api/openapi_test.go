@@ -351,6 +351,18 @@ func liveCases() []liveCase {
 			status: 200, ctype: plainTextCT, wantBody: "world",
 		},
 		{
+			name: "200 after waiting for a responder", target: "/rpc/a?timeout=2s&wait-for-responder=3",
+			request: func(t *testing.T, ctx context.Context, req gateway.Request) (gateway.Reply, error) {
+				// The wait comes on top of the timeout.
+				wantDeadline(t, ctx, 5*time.Second)
+				if req.WaitForResponder != 3*time.Second {
+					t.Errorf("gateway got wait %s, want 3s", req.WaitForResponder)
+				}
+				return gateway.Reply{Payload: []byte("ok")}, nil
+			},
+			status: 200, ctype: octetStreamCT, wantBody: "ok",
+		},
+		{
 			name: "200 defaults, %2F separator, no content type", target: "/rpc/devices%2F42%2Fget",
 			request: func(t *testing.T, ctx context.Context, req gateway.Request) (gateway.Reply, error) {
 				wantDeadline(t, ctx, testCfg.DefaultTimeout)
@@ -458,6 +470,11 @@ func liveCases() []liveCase {
 		// the maximum, not as a parse error.
 		{name: "400 timeout overflows", target: "/rpc/a?timeout=3000000h", status: 400, slug: "invalid-parameter", detail: "maximum of 1m0s"},
 		{name: "400 timeout twice", target: "/rpc/a?timeout=1s&timeout=2s", status: 400, slug: "invalid-parameter", detail: "once"},
+		{name: "400 wait-for-responder unparsable", target: "/rpc/a?wait-for-responder=soon", status: 400, slug: "invalid-parameter", detail: "wait-for-responder", specRejects: true},
+		{name: "400 wait-for-responder negative", target: "/rpc/a?wait-for-responder=-1s", status: 400, slug: "invalid-parameter", detail: "wait-for-responder", specRejects: true},
+		{name: "400 wait-for-responder above max", target: "/rpc/a?wait-for-responder=61s", status: 400, slug: "invalid-parameter", detail: "maximum of 1m0s"},
+		{name: "400 wait-for-responder and timeout above max", target: "/rpc/a?timeout=40s&wait-for-responder=30s", status: 400, slug: "invalid-parameter", detail: "plus wait-for-responder 30s is above the maximum of 1m0s"},
+		{name: "400 wait-for-responder twice", target: "/rpc/a?wait-for-responder=1s&wait-for-responder=2s", status: 400, slug: "invalid-parameter", detail: "once"},
 		{name: "400 qos 3", target: "/rpc/a?qos=3", status: 400, slug: "invalid-parameter", detail: "0, 1 or 2", specRejects: true},
 		{name: "400 qos word", target: "/rpc/a?qos=one", status: 400, slug: "invalid-parameter", detail: "0, 1 or 2", specRejects: true},
 		{name: "400 qos twice", target: "/rpc/a?qos=1&qos=1", status: 400, slug: "invalid-parameter", detail: "once"},
@@ -575,6 +592,11 @@ func liveCases() []liveCase {
 		},
 
 		// 503
+		{
+			name: "503 no responder within the wait", target: "/rpc/a?wait-for-responder=1s",
+			request: failWith(fmt.Errorf("%w: nobody subscribed to %q within the 1s waited for a responder", gateway.ErrNoResponders, "a")),
+			status:  503, slug: "no-responders", detail: "within the 1s waited",
+		},
 		{
 			name: "503 no responders", target: "/rpc/a",
 			request: failWith(fmt.Errorf("%w on %q", gateway.ErrNoResponders, "a")),

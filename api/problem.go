@@ -106,6 +106,10 @@ func classify(err error) (problemKind, string) {
 	case errors.Is(err, gateway.ErrTooLarge):
 		return probBodyTooLarge, err.Error()
 	case errors.Is(err, gateway.ErrNoResponders):
+		// After a wait for a responder, the gateway says how long.
+		if d, ok := strings.CutPrefix(err.Error(), gateway.ErrNoResponders.Error()+": "); ok {
+			return probNoResponders, d
+		}
 		return probNoResponders, "no MQTT client is subscribed to the topic"
 	case errors.Is(err, gateway.ErrNotConnected):
 		return probBrokerUnavailable, err.Error()

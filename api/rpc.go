@@ -116,6 +116,15 @@ func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, info *req
 	if err != nil {
 		return req, 0, &badInput{kind: probInvalidParameter, err: err}
 	}
+	wait, err := parseDuration(q, "wait-for-responder", 0, 0, s.cfg.MaxTimeout)
+	if err == nil && timeout+wait > s.cfg.MaxTimeout {
+		// No request is held longer than --max-timeout, which proxies in
+		// front and the server's write deadline are sized for.
+		err = fmt.Errorf("timeout %s plus wait-for-responder %s is above the maximum of %s", timeout, wait, s.cfg.MaxTimeout)
+	}
+	if err != nil {
+		return req, 0, &badInput{kind: probInvalidParameter, err: err}
+	}
 	props, err := userProperties(r.Header)
 	if err != nil {
 		return req, 0, &badInput{kind: probInvalidHeader, err: err}
@@ -138,13 +147,16 @@ func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, info *req
 		}
 		return req, 0, fmt.Errorf("reading the request body: %w", err)
 	}
+	// The wait for a responder comes before, and on top of, the wait for
+	// the reply.
 	return gateway.Request{
-		Topic:          topic,
-		Payload:        body,
-		ContentType:    r.Header.Get("Content-Type"),
-		UserProperties: props,
-		QoS:            qos,
-	}, timeout, nil
+		Topic:            topic,
+		Payload:          body,
+		ContentType:      r.Header.Get("Content-Type"),
+		UserProperties:   props,
+		QoS:              qos,
+		WaitForResponder: wait,
+	}, timeout + wait, nil
 }
 
 // decodeTopic takes the topic from the escaped path and decodes it exactly
@@ -168,37 +180,43 @@ func decodeTopic(escapedPath string) (string, error) {
 const MinTimeout = time.Millisecond
 
 // parseTimeout reads ?timeout as a Go duration ("1.5s", "500ms") or plain
-// seconds ("2", "0.5"), from MinTimeout to max. Only the canonical forms
-// are taken: no sign, no exponent, no '_' between digits ("1_0" would be
-// 10 to strconv), so that a value means what it reads as.
+// seconds ("2", "0.5"), from MinTimeout to max.
 func parseTimeout(q url.Values, def, max time.Duration) (time.Duration, error) {
-	v, err := single(q, "timeout")
+	return parseDuration(q, "timeout", def, MinTimeout, max)
+}
+
+// parseDuration reads query parameter name as a Go duration or plain
+// seconds, from min to max. Only the canonical forms are taken: no sign,
+// no exponent, no '_' between digits ("1_0" would be 10 to strconv), so
+// that a value means what it reads as.
+func parseDuration(q url.Values, name string, def, min, max time.Duration) (time.Duration, error) {
+	v, err := single(q, name)
 	if err != nil || v == nil {
 		return def, err
 	}
-	bad := fmt.Errorf("timeout %q is not a duration such as 1.5s or 500ms, nor a number of seconds such as 2 or 0.5, from %s to %s", *v, MinTimeout, max)
+	bad := fmt.Errorf("%s %q is not a duration such as 1.5s or 500ms, nor a number of seconds such as 2 or 0.5, from %s to %s", name, *v, min, max)
 	var d time.Duration
 	switch {
 	case plainSeconds.MatchString(*v):
 		secs, ferr := strconv.ParseFloat(*v, 64)
 		if ferr != nil || secs > max.Seconds() {
-			return 0, fmt.Errorf("timeout %q is above the maximum of %s", *v, max)
+			return 0, fmt.Errorf("%s %q is above the maximum of %s", name, *v, max)
 		}
 		d = time.Duration(secs * float64(time.Second))
 	case goDuration.MatchString(*v):
 		// The form is right, so ParseDuration can only fail on a
 		// duration too large for time.Duration ("9999999h").
 		if d, err = time.ParseDuration(*v); err != nil {
-			return 0, fmt.Errorf("timeout %q is above the maximum of %s", *v, max)
+			return 0, fmt.Errorf("%s %q is above the maximum of %s", name, *v, max)
 		}
 	default:
 		return 0, bad
 	}
 	switch {
-	case d < MinTimeout:
-		return 0, fmt.Errorf("timeout %q is below the minimum of %s", *v, MinTimeout)
+	case d < min:
+		return 0, fmt.Errorf("%s %q is below the minimum of %s", name, *v, min)
 	case d > max:
-		return 0, fmt.Errorf("timeout %q is above the maximum of %s", *v, max)
+		return 0, fmt.Errorf("%s %q is above the maximum of %s", name, *v, max)
 	}
 	return d, nil
 }

@@ -153,6 +153,8 @@ type Broker struct {
 	gate      gate
 	limits    connLimits
 	stats     connStats
+	// subscribed is told of every subscription a client makes.
+	subscribed signal
 }
 
 // New creates the broker and binds its listeners, so that an address in
@@ -207,7 +209,7 @@ func New(cfg Config) (*Broker, error) {
 	if err := b.srv.AddHook(hook, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	limits := &limitsHook{maxKeepAlive: uint16(cfg.MaxKeepAlive / time.Second), maxPacket: uint32(cfg.MaxPacketSize)}
+	limits := &limitsHook{maxKeepAlive: uint16(cfg.MaxKeepAlive / time.Second), maxPacket: uint32(cfg.MaxPacketSize), subscribed: &b.subscribed}
 	if err := b.srv.AddHook(limits, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
@@ -299,7 +301,7 @@ func (b *Broker) WSAddr() string {
 // Transport returns a gateway.Transport that publishes and subscribes
 // inside this process, without a network connection.
 func (b *Broker) Transport() gateway.Transport {
-	return newInproc(b.srv)
+	return newInproc(b.srv, &b.subscribed)
 }
 
 // Ready returns nil while every listener accepts connections, or why

@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"sync"
+
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -15,6 +17,9 @@ type limitsHook struct {
 	maxKeepAlive uint16
 	// maxPacket is announced in CONNACK as the Maximum Packet Size.
 	maxPacket uint32
+	// subscribed is told of every new subscription, for requests waiting
+	// for a responder.
+	subscribed *signal
 }
 
 func (h *limitsHook) ID() string { return "mqttgw-limits" }
@@ -22,7 +27,7 @@ func (h *limitsHook) ID() string { return "mqttgw-limits" }
 func (h *limitsHook) Provides(b byte) bool {
 	// Asked for every packet sent: a switch, not a slice search.
 	switch b {
-	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped:
+	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnSubscribed:
 		return true
 	}
 	return false
@@ -84,4 +89,35 @@ func (h *limitsHook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.P
 		pk.Properties.MaximumPacketSize = h.maxPacket
 	}
 	return pk
+}
+
+// OnSubscribed wakes the requests waiting for a responder; each checks
+// whether the new subscription is one for its topic.
+func (h *limitsHook) OnSubscribed(*mqtt.Client, packets.Packet, []byte) {
+	h.subscribed.notify()
+}
+
+// signal wakes every goroutine waiting on it, each time notify is called.
+type signal struct {
+	mu sync.Mutex
+	ch chan struct{} // closed by notify; nil until someone waits. Lock should be held.
+}
+
+// wait returns a channel that notify closes.
+func (s *signal) wait() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ch == nil {
+		s.ch = make(chan struct{})
+	}
+	return s.ch
+}
+
+func (s *signal) notify() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ch != nil {
+		close(s.ch)
+		s.ch = nil
+	}
 }

@@ -171,7 +171,6 @@ func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
 	if err := ctx.Err(); err != nil {
 		return Reply{}, fmt.Errorf("gateway: request abandoned before publishing: %w", err)
 	}
-	start := time.Now()
 	id := uuid.NewString()
 	// Register before publishing: a fast responder may answer before
 	// Publish returns. Once the request has its result, a publish still
@@ -182,16 +181,16 @@ func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
 	if !ok {
 		return Reply{}, ErrClosed
 	}
-	err := g.transport.Publish(pubCtx, &Message{
+	err := g.publish(pubCtx, &Message{
 		Topic:           req.Topic,
 		Payload:         req.Payload,
 		QoS:             req.QoS,
 		ContentType:     req.ContentType,
 		ResponseTopic:   g.responseTopic,
 		CorrelationData: []byte(id),
-		MessageExpiry:   expirySeconds(deadline, start),
 		UserProperties:  req.UserProperties,
-	})
+	}, deadline, req.WaitForResponder)
+	start := time.Now()
 	if err != nil {
 		if !g.pending.remove(id) {
 			// The request got its reply, or failed (the connection was
@@ -217,6 +216,48 @@ func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
 			return Reply{}, fmt.Errorf("%w: no reply on %q within %s", ErrTimeout, req.Topic, waited(start, deadline))
 		}
 		return Reply{}, fmt.Errorf("gateway: request abandoned: %w", ctx.Err())
+	}
+}
+
+// publish publishes m; while nobody is subscribed to its topic it waits
+// up to wait for a subscriber and publishes again, at once when the
+// transport tells when a subscription appears (the embedded broker),
+// else with backoff (a broker's PUBACK 0x10). Each attempt's Message
+// Expiry is the time left until deadline.
+func (g *Gateway) publish(ctx context.Context, m *Message, deadline time.Time, wait time.Duration) error {
+	m.MessageExpiry = expirySeconds(deadline, time.Now())
+	err := g.transport.Publish(ctx, m)
+	if wait <= 0 || !errors.Is(err, ErrNoResponders) {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	waiter, _ := g.transport.(SubscriberWaiter)
+	backoff := 50 * time.Millisecond
+	for {
+		if waiter != nil {
+			_ = waiter.WaitForSubscriber(wctx, m.Topic)
+		} else {
+			t := time.NewTimer(backoff)
+			select {
+			case <-wctx.Done():
+				t.Stop()
+			case <-t.C:
+			}
+			backoff = min(2*backoff, 2*time.Second)
+		}
+		if err := ctx.Err(); errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("%w: nobody subscribed to %q before the request's deadline", ErrNoResponders, m.Topic)
+		} else if err != nil {
+			return err
+		}
+		if wctx.Err() != nil {
+			return fmt.Errorf("%w: nobody subscribed to %q within the %s waited for a responder", ErrNoResponders, m.Topic, wait)
+		}
+		m.MessageExpiry = expirySeconds(deadline, time.Now())
+		if err = g.transport.Publish(ctx, m); !errors.Is(err, ErrNoResponders) {
+			return err
+		}
 	}
 }
 

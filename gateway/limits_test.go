@@ -6,7 +6,9 @@ import (
 	"errors"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 func TestReplyLargerThanMaxReplyFailsTheRequest(t *testing.T) {
@@ -69,5 +71,77 @@ func TestDialRefusesCredentialsInTheURL(t *testing.T) {
 	_, err := Dial(BrokerConfig{URL: u, ClientID: "x"})
 	if err == nil || strings.Contains(err.Error(), "s3cret") {
 		t.Fatalf("Dial with a password in the URL: %v; want an error that does not show it", err)
+	}
+}
+
+// noResponders fails its first publishes with ErrNoResponders, as a
+// broker's PUBACK 0x10 does until a responder subscribes.
+type noResponders struct {
+	*fakeTransport
+	mu       sync.Mutex
+	refuse   int // publishes left to refuse
+	attempts int
+	expiries []uint32
+}
+
+func (f *noResponders) Publish(ctx context.Context, m *Message) error {
+	f.mu.Lock()
+	f.attempts++
+	f.expiries = append(f.expiries, m.MessageExpiry)
+	refuse := f.refuse > 0
+	f.refuse--
+	f.mu.Unlock()
+	if refuse {
+		return ErrNoResponders
+	}
+	return f.fakeTransport.Publish(ctx, m)
+}
+
+func TestWaitForResponderRetries(t *testing.T) {
+	f := &noResponders{fakeTransport: newFake(), refuse: 3}
+	g := newTestGateway(t, f.fakeTransport)
+	g.transport = f
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, out := request(t, g, f.fakeTransport, ctx, Request{Topic: "svc", WaitForResponder: 5 * time.Second})
+	g.HandleReply(&Message{CorrelationData: m.CorrelationData, Payload: []byte("late but there")})
+	if o := wait(t, out); o.err != nil || string(o.reply.Payload) != "late but there" {
+		t.Fatalf("got %q, %v", o.reply.Payload, o.err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.attempts != 4 {
+		t.Fatalf("%d publishes, want 3 refused and 1 taken", f.attempts)
+	}
+	// Each attempt's Message Expiry is the time left then.
+	if f.expiries[0] != 10 || f.expiries[3] > 10 {
+		t.Fatalf("message expiries %v", f.expiries)
+	}
+	assertEmpty(t, g)
+}
+
+func TestWaitForResponderGivesUp(t *testing.T) {
+	f := &noResponders{fakeTransport: newFake(), refuse: 1 << 30}
+	g := newTestGateway(t, f.fakeTransport)
+	g.transport = f
+	start := time.Now()
+	_, err := g.Request(context.Background(), Request{Topic: "svc", WaitForResponder: 300 * time.Millisecond})
+	if !errors.Is(err, ErrNoResponders) || !strings.Contains(err.Error(), "within the 300ms waited") {
+		t.Fatalf("got %v, want no responders naming the wait", err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond || d > 3*time.Second {
+		t.Fatalf("gave up after %s, want about 300ms", d)
+	}
+	assertEmpty(t, g)
+
+	// Without a wait, at once.
+	f.mu.Lock()
+	f.attempts = 0
+	f.mu.Unlock()
+	if _, err := g.Request(context.Background(), Request{Topic: "svc"}); !errors.Is(err, ErrNoResponders) || strings.Contains(err.Error(), "waited") {
+		t.Fatalf("got %v", err)
+	}
+	if f.attempts != 1 {
+		t.Fatalf("%d publishes without a wait, want 1", f.attempts)
 	}
 }

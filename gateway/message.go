@@ -22,6 +22,10 @@ type Request struct {
 	ContentType    string
 	UserProperties []UserProperty
 	QoS            byte
+	// WaitForResponder is how long to wait for a subscriber when nobody
+	// is subscribed to Topic, instead of failing with ErrNoResponders at
+	// once; it comes out of the request's deadline. Zero: no wait.
+	WaitForResponder time.Duration
 }
 
 // Reply is the responder's answer to a Request.
@@ -61,6 +65,15 @@ type Transport interface {
 	Publish(ctx context.Context, m *Message) error
 	// Close disconnects and waits for the transport's goroutines to end.
 	Close(ctx context.Context) error
+}
+
+// SubscriberWaiter is a Transport that can tell when a subscription
+// appears, so that a request waiting for a responder is published at
+// once rather than retried.
+type SubscriberWaiter interface {
+	// WaitForSubscriber returns once a subscription matches topic, or
+	// with ctx's error when ctx ends first.
+	WaitForSubscriber(ctx context.Context, topic string) error
 }
 
 // Handler receives what a Transport reads from the broker. Its methods may

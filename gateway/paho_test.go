@@ -175,6 +175,44 @@ func TestMosquittoNoResponders(t *testing.T) {
 	}
 }
 
+// With a wait for a responder, a PUBACK 0x10 is retried until a responder
+// has subscribed; without one in time, the error says how long it waited.
+func TestMosquittoWaitForResponder(t *testing.T) {
+	t.Parallel()
+	m := gatewaytest.StartMosquitto(t)
+	g := startGateway(t, m.URL(), "waitforresponder", gateway.BrokerConfig{})
+	g.waitReady(t)
+
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		r, err := g.Request(ctx, gateway.Request{Topic: "late/svc", Payload: []byte("hi"), QoS: 1, WaitForResponder: 10 * time.Second})
+		if err == nil && string(r.Payload) != "hi" {
+			err = fmt.Errorf("reply %q", r.Payload)
+		}
+		done <- err
+	}()
+	time.Sleep(500 * time.Millisecond)
+	gatewaytest.StartResponder(t, m.URL(), "late/svc", 1, gatewaytest.Echo)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reply after the responder subscribed")
+	}
+
+	_, err := g.Request(context.Background(), gateway.Request{Topic: "nobody/home", QoS: 1, WaitForResponder: 500 * time.Millisecond})
+	if !errors.Is(err, gateway.ErrNoResponders) || !strings.Contains(err.Error(), "within the 500ms waited") {
+		t.Fatalf("got %v, want no responders naming the wait", err)
+	}
+	if n := g.Stats().Pending; n != 0 {
+		t.Fatalf("%d pending entries left", n)
+	}
+}
+
 // A PUBACK reason code of 0x80 or above, here 0x87 from an ACL, is a
 // PublishError carrying it.
 func TestMosquittoRejectsPublish(t *testing.T) {

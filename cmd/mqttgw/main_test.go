@@ -510,3 +510,32 @@ func TestShutdownDelay(t *testing.T) {
 		t.Fatal("no shutdown after the delay")
 	}
 }
+
+// TestWaitForResponder: ?wait-for-responder holds a request until a
+// responder subscribes, through the whole command.
+func TestWaitForResponder(t *testing.T) {
+	a, base := mustStart(t, testConfig(t))
+	type answer struct {
+		status int
+		body   string
+		err    error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		resp, err := http.Post(base+"/rpc/devices/7/wake?wait-for-responder=10s&timeout=5s", "", strings.NewReader("up?"))
+		if err != nil {
+			done <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		done <- answer{resp.StatusCode, string(b), err}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	gatewaytest.StartResponder(t, "mqtt://"+a.broker.Addr(), "devices/+/wake", 1, gatewaytest.Echo)
+	if r := <-done; r.err != nil || r.status != 200 || r.body != "up?" {
+		t.Fatalf("got %d %q, %v", r.status, r.body, r.err)
+	}
+	r := gatewaytest.Post(t, base+"/rpc/devices/8/sleep?wait-for-responder=300ms", nil)
+	gatewaytest.WantProblem(t, r, 503, "no-responders", "within the 300ms waited")
+}
