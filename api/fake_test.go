@@ -8,11 +8,19 @@ import (
 )
 
 // fakeGateway stands in for the RPC core that NewServer takes: each test
-// says what Request and Ready do. Request without RequestFn fails the
-// request; Ready without ReadyFn is ready.
+// says what Request, Publish and Ready do. Request without RequestFn and
+// Publish without PublishFn fail; Ready without ReadyFn is ready.
 type fakeGateway struct {
 	RequestFn func(ctx context.Context, req gateway.Request) (gateway.Reply, error)
+	PublishFn func(ctx context.Context, p gateway.Publication) error
 	ReadyFn   func() error
+}
+
+func (g *fakeGateway) Publish(ctx context.Context, p gateway.Publication) error {
+	if g.PublishFn == nil {
+		return errors.New("fakeGateway: no PublishFn")
+	}
+	return g.PublishFn(ctx, p)
 }
 
 func (g *fakeGateway) Request(ctx context.Context, req gateway.Request) (gateway.Reply, error) {

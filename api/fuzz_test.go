@@ -44,7 +44,7 @@ func FuzzDecodeTopic(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		topic, err := decodeTopic(rpcPrefix + s)
+		topic, err := decodeTopic(rpcPrefix+s, rpcPrefix)
 		if err != nil {
 			if !strings.Contains(err.Error(), "percent-encoded") {
 				t.Fatalf("decodeTopic(%q): unexpected error %v", s, err)
@@ -86,7 +86,7 @@ func FuzzDecodeTopic(f *testing.F) {
 			levels[i] = url.PathEscape(l)
 		}
 		escaped := strings.Join(levels, "/")
-		again, err := decodeTopic(rpcPrefix + escaped)
+		again, err := decodeTopic(rpcPrefix+escaped, rpcPrefix)
 		if err != nil || again != topic {
 			t.Fatalf("topic %q escaped as %q decodes to %q, %v", topic, escaped, again, err)
 		}
@@ -95,7 +95,7 @@ func FuzzDecodeTopic(f *testing.F) {
 		if err != nil {
 			t.Fatalf("topic %q escaped as %q is no URL: %v", topic, escaped, err)
 		}
-		if again, err := decodeTopic(u.EscapedPath()); err != nil || again != topic {
+		if again, err := decodeTopic(u.EscapedPath(), rpcPrefix); err != nil || again != topic {
 			t.Fatalf("topic %q: URL %q has escaped path %q, decoding to %q, %v", topic, u, u.EscapedPath(), again, err)
 		}
 	})

@@ -16,8 +16,10 @@ import (
 type metrics struct {
 	httpRequests *prometheus.CounterVec
 	rpcRequests  *prometheus.CounterVec
-	rpcDuration  prometheus.Histogram
-	inflight     prometheus.Gauge
+	// publishRequests counts POST /publish/... by outcome.
+	publishRequests *prometheus.CounterVec
+	rpcDuration     prometheus.Histogram
+	inflight        prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
@@ -29,6 +31,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		rpcRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mqttgw_rpc_requests_total",
 			Help: "RPC requests (POST /rpc/...) by outcome: ok, timeout, no_responders, broker_unavailable, overloaded, shutting_down, rejected, bad_reply, reply_too_large, invalid, too_large, unauthorized, forbidden, client_gone, internal.",
+		}, []string{"outcome"}),
+		publishRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mqttgw_publish_requests_total",
+			Help: "Publications (POST /publish/...) by outcome: ok, broker_unavailable, overloaded, shutting_down, rejected, timeout, invalid, too_large, unauthorized, forbidden, client_gone, internal.",
 		}, []string{"outcome"}),
 		rpcDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "mqttgw_rpc_duration_seconds",
@@ -46,7 +52,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		Name: "mqttgw_dropped_user_properties_total",
 		Help: "Reply user properties not sent because they can't be an HTTP header value.",
 	}, func() float64 { return float64(s.droppedProperties.Load()) })
-	reg.MustRegister(m.httpRequests, m.rpcRequests, m.rpcDuration, m.inflight, dropped)
+	reg.MustRegister(m.httpRequests, m.rpcRequests, m.publishRequests, m.rpcDuration, m.inflight, dropped)
 	return m
 }
 

@@ -82,9 +82,9 @@ func TestOpenAPIRoutesMatchRouter(t *testing.T) {
 	}
 	inRouter := map[string]bool{}
 	err := chi.Walk(mux, func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
-		if route == "/rpc/*" {
-			// OpenAPI has no catch-all; the spec names the rest of the path.
-			route = specRPCPath
+		// OpenAPI has no catch-all; the spec names the rest of the path.
+		if prefix, ok := strings.CutSuffix(route, "/*"); ok {
+			route = prefix + "/{topic}"
 		}
 		inRouter[method+" "+route] = true
 		return nil
@@ -201,17 +201,22 @@ func TestOpenAPIProblemTypes(t *testing.T) {
 
 // specRoute finds the spec operation for r. OpenAPI path parameters do
 // not span '/', so kin's routers can't match a multi-level topic: POST
-// /rpc/... is resolved here, the way the spec describes the parameter (the
-// escaped path after /rpc/, percent-decoded once).
+// /rpc/... and /publish/... are resolved here, the way the spec describes
+// the parameter (the escaped path after the prefix, percent-decoded once).
 func specRoute(doc *openapi3.T, router routers.Router, r *http.Request) (*routers.Route, map[string]string, error) {
-	if raw, ok := strings.CutPrefix(r.URL.EscapedPath(), "/rpc/"); ok && r.Method == http.MethodPost {
+	for _, prefix := range []string{"/rpc/", "/publish/"} {
+		raw, ok := strings.CutPrefix(r.URL.EscapedPath(), prefix)
+		if !ok || r.Method != http.MethodPost {
+			continue
+		}
 		topic, err := url.PathUnescape(raw)
 		if err != nil {
 			return nil, nil, err
 		}
-		item := doc.Paths.Value(specRPCPath)
+		path := prefix + "{topic}"
+		item := doc.Paths.Value(path)
 		return &routers.Route{
-			Spec: doc, Path: specRPCPath, PathItem: item,
+			Spec: doc, Path: path, PathItem: item,
 			Method: r.Method, Operation: item.GetOperation(r.Method),
 		}, map[string]string{"topic": topic}, nil
 	}
@@ -250,6 +255,9 @@ type liveCase struct {
 	// request is the gateway's behaviour; nil means the request must be
 	// refused before it reaches the gateway.
 	request func(t *testing.T, ctx context.Context, req gateway.Request) (gateway.Reply, error)
+	// publish is the gateway's behaviour for POST /publish; nil means
+	// the publication must be refused before it reaches the gateway.
+	publish func(t *testing.T, ctx context.Context, p gateway.Publication) error
 	ready   func() error // default: ready
 
 	status   int
@@ -650,9 +658,10 @@ func liveCases() []liveCase {
 			status: 500, slug: "internal",
 		},
 	}
+	cases = append(cases, publishCases()...)
 	// Headers beyond the limit: net/http's own plain-text 431, before any
 	// handler, on every operation.
-	for _, route := range [][2]string{{http.MethodPost, "/rpc/a"}, {http.MethodGet, "/healthz"}, {http.MethodGet, "/readyz"}, {http.MethodGet, "/metrics"}} {
+	for _, route := range [][2]string{{http.MethodPost, "/rpc/a"}, {http.MethodPost, "/publish/a"}, {http.MethodGet, "/healthz"}, {http.MethodGet, "/readyz"}, {http.MethodGet, "/metrics"}} {
 		cases = append(cases, liveCase{
 			name: "431 " + route[0] + " " + route[1], method: route[0], target: route[1],
 			header: [][2]string{{"X-Padding", strings.Repeat("x", http.DefaultMaxHeaderBytes+8<<10)}},
@@ -701,6 +710,14 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 				return gateway.Reply{}, errors.New("unexpected gateway call")
 			}
 			return c.request(t, ctx, req)
+		},
+		PublishFn: func(ctx context.Context, p gateway.Publication) error {
+			calls.Add(1)
+			if c.publish == nil {
+				t.Errorf("the gateway got the publication %.200q; it should have been refused before", fmt.Sprintf("%+v", p))
+				return errors.New("unexpected gateway call")
+			}
+			return c.publish(t, ctx, p)
 		},
 		ReadyFn: c.ready,
 	}
@@ -755,7 +772,7 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 	if resp.StatusCode != c.status {
 		t.Errorf("status %d, want %d; body %.300s", resp.StatusCode, c.status, body)
 	}
-	if c.request != nil && calls.Load() != 1 {
+	if (c.request != nil || c.publish != nil) && calls.Load() != 1 {
 		t.Errorf("gateway called %d times, want once", calls.Load())
 	}
 	wantCT := c.ctype
@@ -896,5 +913,79 @@ func TestOpenAPIMalformedPercentEncoding(t *testing.T) {
 	}
 	if n := calls.Load(); n != 0 {
 		t.Errorf("gateway called %d times", n)
+	}
+}
+
+// publishCases are the live cases of POST /publish/{topic}.
+func publishCases() []liveCase {
+	published := func(want gateway.Publication) func(*testing.T, context.Context, gateway.Publication) error {
+		return func(t *testing.T, ctx context.Context, p gateway.Publication) error {
+			wantDeadline(t, ctx, testCfg.DefaultTimeout)
+			if fmt.Sprintf("%+v", p) != fmt.Sprintf("%+v", want) {
+				t.Errorf("gateway got %+v, want %+v", p, want)
+			}
+			return nil
+		}
+	}
+	return []liveCase{
+		{
+			name: "202 publish", target: "/publish/devices/42/led?qos=0&retain=true&ttl=1h",
+			header:  [][2]string{{"Content-Type", "text/plain"}, {"Mqtt-User-Property", "by=ops"}},
+			reqBody: []byte("on"),
+			publish: published(gateway.Publication{Topic: "devices/42/led", Payload: []byte("on"), ContentType: "text/plain",
+				UserProperties: []gateway.UserProperty{{Key: "by", Value: "ops"}}, QoS: 0, Retain: true, TTL: time.Hour}),
+			status: 202, ctype: "", wantBody: "", sniffable: true,
+		},
+		{
+			name: "202 publish with defaults", target: "/publish/a%2Fb",
+			publish: published(gateway.Publication{Topic: "a/b", Payload: []byte{}, QoS: testCfg.DefaultQoS}),
+			status:  202, ctype: "", wantBody: "", sniffable: true,
+		},
+		{
+			name: "401 publish without a key", target: "/publish/devices/1/get", reqBody: []byte("x"),
+			cfg:    withAuth,
+			status: 401, slug: "unauthorized", hdr: map[string][]string{"Www-Authenticate": {`Bearer realm="mqttgw"`}},
+		},
+		{
+			name: "403 publish outside the key's filters", target: "/publish/admin/shutdown", reqBody: []byte("x"),
+			header: [][2]string{{"X-API-Key", testAPIKey}},
+			cfg:    withAuth,
+			status: 403, slug: "forbidden", detail: "admin/shutdown",
+		},
+		{
+			name: "202 publish with a key for the topic", target: "/publish/devices/1/get",
+			header:  [][2]string{{"X-API-Key", testAPIKey}},
+			cfg:     withAuth,
+			publish: func(*testing.T, context.Context, gateway.Publication) error { return nil },
+			status:  202, ctype: "", wantBody: "", sniffable: true,
+		},
+		{name: "400 publish wildcard", target: "/publish/a/%23", status: 400, slug: "invalid-topic", detail: "wildcard", specRejects: true},
+		{name: "400 publish reserved topic", target: "/publish/mqttgw/reply/x", status: 400, slug: "invalid-topic", detail: "mqttgw/reply"},
+		{name: "400 publish retain word", target: "/publish/a?retain=yes", status: 400, slug: "invalid-parameter", detail: "true or false", specRejects: true},
+		{name: "400 publish ttl below 1s", target: "/publish/a?ttl=500ms", status: 400, slug: "invalid-parameter", detail: "minimum of 1s"},
+		{name: "400 publish ttl unparsable", target: "/publish/a?ttl=forever", status: 400, slug: "invalid-parameter", detail: "ttl", specRejects: true},
+		{name: "400 publish qos 3", target: "/publish/a?qos=3", status: 400, slug: "invalid-parameter", detail: "0, 1 or 2", specRejects: true},
+		{name: "413 publish body", target: "/publish/a", reqBody: tooLargeBody, status: 413, slug: "body-too-large"},
+		{
+			name: "502 publish rejected", target: "/publish/a",
+			publish: func(*testing.T, context.Context, gateway.Publication) error {
+				return &gateway.PublishError{ReasonCode: 0x87, Reason: "not authorized"}
+			},
+			status: 502, slug: "broker-rejected", detail: "0x87",
+		},
+		{
+			name: "503 publish broker unavailable", target: "/publish/a",
+			publish: func(*testing.T, context.Context, gateway.Publication) error {
+				return fmt.Errorf("%w: connection lost", gateway.ErrNotConnected)
+			},
+			status: 503, slug: "broker-unavailable", hdr: retryAfter1,
+		},
+		{
+			name: "504 publish not acknowledged", target: "/publish/a",
+			publish: func(*testing.T, context.Context, gateway.Publication) error {
+				return fmt.Errorf("%w: publish not acknowledged in time", gateway.ErrTimeout)
+			},
+			status: 504, slug: "timeout",
+		},
 	}
 }

@@ -27,6 +27,7 @@ func (s *Server) routes() http.Handler {
 	r.Get("/readyz", s.readyz)
 	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{}))
 	r.Post("/rpc/*", s.rpc)
+	r.Post("/publish/*", s.publish)
 	s.mux = r
 	return r
 }

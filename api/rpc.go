@@ -25,6 +25,7 @@ const (
 	// the HTTP status, as nats micro's Nats-Service-Error-Code does.
 	statusProperty = "http-status"
 	rpcPrefix      = "/rpc/"
+	publishPrefix  = "/publish/"
 )
 
 // rpc publishes the request body on the topic named by the path and
@@ -90,83 +91,103 @@ func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
 }
 
 // decodeRequest maps an HTTP request to a gateway request and its timeout.
-// Cheap checks come first, so a bad topic is refused before a large body is
-// read.
 func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, info *reqInfo) (gateway.Request, time.Duration, error) {
-	var req gateway.Request
-	topic, err := decodeTopic(r.URL.EscapedPath())
-	if err == nil {
-		err = gateway.CheckTopic(topic, s.cfg.ReservedPrefix)
-	}
-	if err != nil {
-		return req, 0, &badInput{kind: probInvalidTopic, err: err}
-	}
-	info.topic = topic
-	if s.cfg.Auth != nil {
-		if _, err := s.cfg.Auth.Check(r, topic); err != nil {
-			return req, 0, err
+	var timeout, wait time.Duration
+	m, err := s.decode(w, r, info, rpcPrefix, func(q url.Values) (err error) {
+		if timeout, err = parseTimeout(q, s.cfg.DefaultTimeout, s.cfg.MaxTimeout); err != nil {
+			return err
 		}
-	}
-	q := r.URL.Query()
-	timeout, err := parseTimeout(q, s.cfg.DefaultTimeout, s.cfg.MaxTimeout)
-	if err != nil {
-		return req, 0, &badInput{kind: probInvalidParameter, err: err}
-	}
-	qos, err := parseQoS(q, s.cfg.DefaultQoS)
-	if err != nil {
-		return req, 0, &badInput{kind: probInvalidParameter, err: err}
-	}
-	wait, err := parseDuration(q, "wait-for-responder", 0, 0, s.cfg.MaxTimeout)
-	if err == nil && timeout+wait > s.cfg.MaxTimeout {
-		// No request is held longer than --max-timeout, which proxies in
-		// front and the server's write deadline are sized for.
-		err = fmt.Errorf("timeout %s plus wait-for-responder %s is above the maximum of %s", timeout, wait, s.cfg.MaxTimeout)
-	}
-	if err != nil {
-		return req, 0, &badInput{kind: probInvalidParameter, err: err}
-	}
-	props, err := userProperties(r.Header)
-	if err != nil {
-		return req, 0, &badInput{kind: probInvalidHeader, err: err}
-	}
-	if r.ContentLength > s.cfg.MaxBody {
-		return req, 0, &badInput{kind: probBodyTooLarge, err: fmt.Errorf("the body is %d bytes; at most %d are allowed", r.ContentLength, s.cfg.MaxBody)}
-	}
-	// guardBody set a deadline for the body when the request came in;
-	// lift it for the wait for the reply, which has its own.
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
-	if err == nil {
-		_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
-	}
-	if err != nil {
-		if errors.As(err, new(*http.MaxBytesError)) {
-			return req, 0, &badInput{kind: probBodyTooLarge, err: fmt.Errorf("the body is larger than the %d bytes allowed", s.cfg.MaxBody)}
+		wait, err = parseDuration(q, "wait-for-responder", 0, 0, s.cfg.MaxTimeout)
+		if err == nil && timeout+wait > s.cfg.MaxTimeout {
+			// No request is held longer than --max-timeout, which
+			// proxies in front and the server's write deadline are
+			// sized for.
+			err = fmt.Errorf("timeout %s plus wait-for-responder %s is above the maximum of %s", timeout, wait, s.cfg.MaxTimeout)
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return req, 0, &badInput{kind: probBodyTimeout, err: fmt.Errorf("the body was not received within %s", s.cfg.BodyReadTimeout)}
-		}
-		return req, 0, fmt.Errorf("reading the request body: %w", err)
+		return err
+	})
+	if err != nil {
+		return gateway.Request{}, 0, err
 	}
 	// The wait for a responder comes before, and on top of, the wait for
 	// the reply.
 	return gateway.Request{
-		Topic:            topic,
-		Payload:          body,
-		ContentType:      r.Header.Get("Content-Type"),
-		UserProperties:   props,
-		QoS:              qos,
+		Topic:            m.topic,
+		Payload:          m.body,
+		ContentType:      m.contentType,
+		UserProperties:   m.props,
+		QoS:              m.qos,
 		WaitForResponder: wait,
 	}, timeout + wait, nil
+}
+
+// message is what /rpc and /publish take from an HTTP request alike.
+type message struct {
+	topic       string
+	body        []byte
+	contentType string
+	props       []gateway.UserProperty
+	qos         byte
+}
+
+// decode reads the topic after prefix, authorizes it, and reads qos, the
+// user properties, the body, and the route's own query parameters with
+// params. Cheap checks come first, so a bad topic is refused before a
+// large body is read.
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, info *reqInfo, prefix string, params func(url.Values) error) (message, error) {
+	var m message
+	topic, err := decodeTopic(r.URL.EscapedPath(), prefix)
+	if err == nil {
+		err = gateway.CheckTopic(topic, s.cfg.ReservedPrefix)
+	}
+	if err != nil {
+		return m, &badInput{kind: probInvalidTopic, err: err}
+	}
+	info.topic, m.topic = topic, topic
+	if s.cfg.Auth != nil {
+		if _, err := s.cfg.Auth.Check(r, topic); err != nil {
+			return m, err
+		}
+	}
+	q := r.URL.Query()
+	if err := params(q); err != nil {
+		return m, &badInput{kind: probInvalidParameter, err: err}
+	}
+	if m.qos, err = parseQoS(q, s.cfg.DefaultQoS); err != nil {
+		return m, &badInput{kind: probInvalidParameter, err: err}
+	}
+	if m.props, err = userProperties(r.Header); err != nil {
+		return m, &badInput{kind: probInvalidHeader, err: err}
+	}
+	m.contentType = r.Header.Get("Content-Type")
+	if r.ContentLength > s.cfg.MaxBody {
+		return m, &badInput{kind: probBodyTooLarge, err: fmt.Errorf("the body is %d bytes; at most %d are allowed", r.ContentLength, s.cfg.MaxBody)}
+	}
+	// guardBody set a deadline for the body when the request came in;
+	// lift it for the wait for the broker and the reply, which have
+	// their own.
+	m.body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
+	if err == nil {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
+		return m, nil
+	}
+	if errors.As(err, new(*http.MaxBytesError)) {
+		return m, &badInput{kind: probBodyTooLarge, err: fmt.Errorf("the body is larger than the %d bytes allowed", s.cfg.MaxBody)}
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return m, &badInput{kind: probBodyTimeout, err: fmt.Errorf("the body was not received within %s", s.cfg.BodyReadTimeout)}
+	}
+	return m, fmt.Errorf("reading the request body: %w", err)
 }
 
 // decodeTopic takes the topic from the escaped path and decodes it exactly
 // once, so that %2F is a level separator and %2B a literal '+' (which
 // CheckTopic then refuses). chi's own "*" parameter is sometimes decoded
 // and sometimes not, so it is not used.
-func decodeTopic(escapedPath string) (string, error) {
-	raw, ok := strings.CutPrefix(escapedPath, rpcPrefix)
+func decodeTopic(escapedPath, prefix string) (string, error) {
+	raw, ok := strings.CutPrefix(escapedPath, prefix)
 	if !ok {
-		return "", fmt.Errorf("path %q does not start with %s", escapedPath, rpcPrefix)
+		return "", fmt.Errorf("path %q does not start with %s", escapedPath, prefix)
 	}
 	topic, err := url.PathUnescape(raw)
 	if err != nil {

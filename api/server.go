@@ -22,6 +22,8 @@ import (
 // one). Its methods must be safe to be called concurrently.
 type Requester interface {
 	Request(ctx context.Context, req gateway.Request) (gateway.Reply, error)
+	// Publish publishes p without waiting for a reply.
+	Publish(ctx context.Context, p gateway.Publication) error
 	// Ready returns nil when requests can be served, or why not.
 	Ready() error
 }

@@ -77,11 +77,14 @@ func (t *inproc) Connect(_ context.Context, responseTopic string, h gateway.Hand
 }
 
 func (t *inproc) Publish(_ context.Context, m *gateway.Message) error {
-	if !t.hasSubscribers(m.Topic) {
+	// A request nobody can answer is not published; a publication is
+	// (it may be retained, and is no one's business if not).
+	noSubscribers := !t.hasSubscribers(m.Topic)
+	if noSubscribers && m.ResponseTopic != "" {
 		return gateway.ErrNoResponders
 	}
 	pk := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.QoS},
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.QoS, Retain: m.Retain},
 		TopicName:   m.Topic,
 		Payload:     m.Payload,
 		Properties: packets.Properties{
@@ -101,6 +104,10 @@ func (t *inproc) Publish(_ context.Context, m *gateway.Message) error {
 	var code packets.Code
 	if errors.As(err, &code) {
 		return &gateway.PublishError{ReasonCode: code.Code, Reason: code.Reason}
+	}
+	if err == nil && noSubscribers {
+		// As a broker's PUBACK 0x10 says: taken, but nobody listens.
+		return gateway.ErrNoResponders
 	}
 	return err
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -217,6 +218,47 @@ func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
 		}
 		return Reply{}, fmt.Errorf("gateway: request abandoned: %w", ctx.Err())
 	}
+}
+
+// Publish publishes p and returns once the broker has taken it (at QoS
+// 0, once it is sent). That nobody is subscribed is no error here: the
+// message may be retained, and a publication expects no answer.
+func (g *Gateway) Publish(ctx context.Context, p Publication) error {
+	req := Request{Topic: p.Topic, ContentType: p.ContentType, UserProperties: p.UserProperties, QoS: p.QoS}
+	if err := g.check(&req); err != nil {
+		return err
+	}
+	if err := g.Ready(); err != nil {
+		return err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, g.cfg.DefaultTimeout)
+		defer cancel()
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("gateway: publication abandoned before publishing: %w", err)
+	}
+	var expiry uint32
+	if p.TTL > 0 {
+		expiry = uint32(min((p.TTL+time.Second-1)/time.Second, math.MaxUint32))
+	}
+	err := g.transport.Publish(ctx, &Message{
+		Topic:          p.Topic,
+		Payload:        p.Payload,
+		QoS:            p.QoS,
+		ContentType:    p.ContentType,
+		MessageExpiry:  expiry,
+		UserProperties: p.UserProperties,
+		Retain:         p.Retain,
+	})
+	switch {
+	case errors.Is(err, ErrNoResponders):
+		return nil
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%w: publish not acknowledged in time", ErrTimeout)
+	}
+	return err
 }
 
 // publish publishes m; while nobody is subscribed to its topic it waits

@@ -145,3 +145,27 @@ func TestWaitForResponderGivesUp(t *testing.T) {
 		t.Fatalf("%d publishes without a wait, want 1", f.attempts)
 	}
 }
+
+func TestPublicationIsTakenWithoutSubscribers(t *testing.T) {
+	f := &noResponders{fakeTransport: newFake(), refuse: 1}
+	g := newTestGateway(t, f.fakeTransport)
+	g.transport = f
+	// PUBACK 0x10 is a success: the broker took it, nobody listens now.
+	if err := g.Publish(context.Background(), Publication{Topic: "lamps/1", TTL: 1500 * time.Millisecond}); err != nil {
+		t.Fatalf("Publish with nobody subscribed: %v", err)
+	}
+	if f.expiries[0] != 2 {
+		t.Fatalf("Message Expiry %d for a TTL of 1.5s, want it rounded up to 2", f.expiries[0])
+	}
+	if err := g.Publish(context.Background(), Publication{Topic: "lamps/#"}); !errors.Is(err, ErrInvalidRequest) {
+		t.Fatalf("Publish to a filter: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := g.Publish(ctx, Publication{Topic: "lamps/1"}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Publish for a client that is gone: %v", err)
+	}
+	if f.attempts != 1 {
+		t.Fatalf("%d publishes, want 1", f.attempts)
+	}
+}

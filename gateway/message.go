@@ -28,6 +28,20 @@ type Request struct {
 	WaitForResponder time.Duration
 }
 
+// Publication is a message published without waiting for a reply: no
+// Response Topic, no Correlation Data.
+type Publication struct {
+	Topic          string
+	Payload        []byte
+	ContentType    string
+	UserProperties []UserProperty
+	QoS            byte
+	Retain         bool
+	// TTL becomes the Message Expiry Interval, rounded up to seconds;
+	// zero: the message does not expire.
+	TTL time.Duration
+}
+
 // Reply is the responder's answer to a Request.
 type Reply struct {
 	Payload        []byte
@@ -46,6 +60,7 @@ type Message struct {
 	// MessageExpiry is the Message Expiry Interval in seconds; 0 means none.
 	MessageExpiry  uint32
 	UserProperties []UserProperty
+	Retain         bool
 }
 
 // Transport carries messages between a Gateway and an MQTT broker. The
@@ -59,7 +74,9 @@ type Transport interface {
 	// first connection attempt is under way; ctx bounds only that start.
 	Connect(ctx context.Context, responseTopic string, h Handler) error
 	// Publish sends m. It returns ErrNoResponders when the broker says (or
-	// the transport knows) that nobody is subscribed to m.Topic,
+	// the transport knows) that nobody is subscribed to m.Topic; a
+	// message with a ResponseTopic, which expects a reply, is then not
+	// sent at all if the transport knows beforehand;
 	// ErrNotConnected while there is no connection, and a *PublishError
 	// when the broker refuses the message. It must be safe for concurrent use.
 	Publish(ctx context.Context, m *Message) error

@@ -260,7 +260,7 @@ func (t *pahoTransport) Publish(ctx context.Context, m *Message) error {
 	if m.MessageExpiry > 0 {
 		props.MessageExpiry = &m.MessageExpiry
 	}
-	pr, err := cm.Publish(ctx, &paho.Publish{Topic: m.Topic, QoS: m.QoS, Payload: m.Payload, Properties: props})
+	pr, err := cm.Publish(ctx, &paho.Publish{Topic: m.Topic, QoS: m.QoS, Retain: m.Retain, Payload: m.Payload, Properties: props})
 	switch {
 	case pr != nil && pr.ReasonCode == reasonNoMatchingSubscribers:
 		// Only a QoS 1 PUBACK (or a QoS 2 PUBREC from brokers that set

@@ -213,6 +213,31 @@ func TestMosquittoWaitForResponder(t *testing.T) {
 	}
 }
 
+// A publication nobody is subscribed to is taken (PUBACK 0x10 is a
+// success code) and retained; a later subscriber gets it.
+func TestMosquittoPublication(t *testing.T) {
+	t.Parallel()
+	m := gatewaytest.StartMosquitto(t)
+	g := startGateway(t, m.URL(), "publication", gateway.BrokerConfig{})
+	g.waitReady(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g.Publish(ctx, gateway.Publication{Topic: "lamps/1", Payload: []byte("on"), QoS: 1, Retain: true, TTL: time.Minute}); err != nil {
+		t.Fatalf("publication with nobody subscribed: %v", err)
+	}
+	got := make(chan *paho.Publish, 1)
+	cm := gatewaytest.Dial(t, m.URL(), gatewaytest.ClientOptions{}, func(p *paho.Publish) { got <- p })
+	gatewaytest.Subscribe(t, cm, "lamps/1", 1)
+	select {
+	case p := <-got:
+		if string(p.Payload) != "on" || !p.Retain || p.Properties.ResponseTopic != "" {
+			t.Fatalf("got %+v", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the retained publication never came")
+	}
+}
+
 // A PUBACK reason code of 0x80 or above, here 0x87 from an ACL, is a
 // PublishError carrying it.
 func TestMosquittoRejectsPublish(t *testing.T) {

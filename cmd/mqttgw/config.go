@@ -329,7 +329,8 @@ func printUsage(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprint(w, `mqttgw: an HTTP to MQTT v5 request/response gateway.
 
 POST /rpc/{topic} publishes the body on {topic} with a Response Topic and
-Correlation Data, and answers with the responder's reply.
+Correlation Data, and answers with the responder's reply. POST
+/publish/{topic} publishes it fire and forget, and answers 202.
 
 Usage: mqttgw [flags]
        mqttgw healthcheck [--http-addr ADDR]   exit 0 if the gateway's /readyz is 200

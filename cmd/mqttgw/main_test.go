@@ -539,3 +539,24 @@ func TestWaitForResponder(t *testing.T) {
 	r := gatewaytest.Post(t, base+"/rpc/devices/8/sleep?wait-for-responder=300ms", nil)
 	gatewaytest.WantProblem(t, r, 503, "no-responders", "within the 300ms waited")
 }
+
+// TestPublish: POST /publish/{topic} through the whole command.
+func TestPublish(t *testing.T) {
+	a, base := mustStart(t, testConfig(t))
+	got := make(chan *paho.Publish, 1)
+	cm := gatewaytest.Dial(t, "mqtt://"+a.broker.Addr(), gatewaytest.ClientOptions{}, func(p *paho.Publish) { got <- p })
+	gatewaytest.Subscribe(t, cm, "lamps/+", 1)
+	r := gatewaytest.Post(t, base+"/publish/lamps/3?qos=1&ttl=30s", strings.NewReader("dim"), "Mqtt-User-Property", "level=40")
+	if r.Status != http.StatusAccepted || len(r.Body) != 0 {
+		t.Fatalf("got %d %q", r.Status, r.Body)
+	}
+	select {
+	case p := <-got:
+		if string(p.Payload) != "dim" || p.Properties.User.Get("level") != "40" || p.Properties.MessageExpiry == nil || *p.Properties.MessageExpiry > 30 {
+			t.Fatalf("got %+v, properties %+v", p, p.Properties)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the publication never came")
+	}
+	gatewaytest.WantProblem(t, gatewaytest.Post(t, base+"/publish/lamps/%2B", nil), 400, "invalid-topic", "wildcard")
+}
