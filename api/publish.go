@@ -19,22 +19,12 @@ const maxTTL = math.MaxUint32 * time.Second
 // fire and forget, and answers 202 once the broker has taken it.
 func (s *Server) publish(w http.ResponseWriter, r *http.Request) {
 	info := infoOf(r)
-	fail := func(err error) {
-		kind := s.writeError(w, r, err)
-		info.outcome = kind.outcome
-		s.metrics.publishRequests.WithLabelValues(kind.outcome).Inc()
-	}
 	// The same bound as /rpc: a publish waits for its PUBACK.
-	if s.inflight.Add(1) > int64(s.cfg.MaxInflight) {
-		s.inflight.Add(-1)
-		fail(errOverloaded)
+	fail, release, ok := s.admit(w, r, info, s.metrics.publishRequests)
+	if !ok {
 		return
 	}
-	s.metrics.inflight.Inc()
-	defer func() {
-		s.inflight.Add(-1)
-		s.metrics.inflight.Dec()
-	}()
+	defer release()
 
 	var retain bool
 	var ttl time.Duration

@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/mqttgw/mqttgw/gateway"
 )
 
@@ -33,24 +35,11 @@ const (
 func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	info := infoOf(r)
-	fail := func(err error) {
-		kind := s.writeError(w, r, err)
-		info.outcome = kind.outcome
-		s.metrics.rpcRequests.WithLabelValues(kind.outcome).Inc()
-	}
-
-	// Refuse at once beyond the bound, before reading anything: queueing
-	// without bound would turn overload into timeouts for everyone.
-	if s.inflight.Add(1) > int64(s.cfg.MaxInflight) {
-		s.inflight.Add(-1)
-		fail(errOverloaded)
+	fail, release, ok := s.admit(w, r, info, s.metrics.rpcRequests)
+	if !ok {
 		return
 	}
-	s.metrics.inflight.Inc()
-	defer func() {
-		s.inflight.Add(-1)
-		s.metrics.inflight.Dec()
-	}()
+	defer release()
 
 	req, timeout, err := s.decodeRequest(w, r, info)
 	if err != nil {
@@ -88,6 +77,29 @@ func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Length", strconv.Itoa(len(reply.Payload)))
 	w.WriteHeader(status)
 	_, _ = w.Write(reply.Payload)
+}
+
+// admit counts a request against --max-inflight, and returns how to fail
+// it (the problem written, its outcome logged and counted in outcomes) and
+// how to release its slot. Beyond the bound it is refused at once, before
+// anything is read, and ok is false: queueing without bound would turn
+// overload into timeouts for everyone.
+func (s *Server) admit(w http.ResponseWriter, r *http.Request, info *reqInfo, outcomes *prometheus.CounterVec) (fail func(error), release func(), ok bool) {
+	fail = func(err error) {
+		kind := s.writeError(w, r, err)
+		info.outcome = kind.outcome
+		outcomes.WithLabelValues(kind.outcome).Inc()
+	}
+	if s.inflight.Add(1) > int64(s.cfg.MaxInflight) {
+		s.inflight.Add(-1)
+		fail(errOverloaded)
+		return nil, nil, false
+	}
+	s.metrics.inflight.Inc()
+	return fail, func() {
+		s.inflight.Add(-1)
+		s.metrics.inflight.Dec()
+	}, true
 }
 
 // decodeRequest maps an HTTP request to a gateway request and its timeout.
