@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -153,25 +152,12 @@ func (g *Gateway) Ready() error {
 // and waits for the matching reply until ctx ends, or for the configured
 // default timeout if ctx has no deadline.
 func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
-	if err := g.check(&req); err != nil {
+	ctx, cancel, err := g.begin(ctx, &req)
+	if err != nil {
 		return Reply{}, err
 	}
-	if err := g.Ready(); err != nil {
-		return Reply{}, err
-	}
-	deadline, ok := ctx.Deadline()
-	if !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, g.cfg.DefaultTimeout)
-		defer cancel()
-		deadline, _ = ctx.Deadline()
-	}
-
-	// A client that has already gone (an HTTP/2 stream reset at once,
-	// say) must not still make a device act.
-	if err := ctx.Err(); err != nil {
-		return Reply{}, fmt.Errorf("gateway: request abandoned before publishing: %w", err)
-	}
+	defer cancel()
+	deadline, _ := ctx.Deadline()
 	id := uuid.NewString()
 	// Register before publishing: a fast responder may answer before
 	// Publish returns. Once the request has its result, a publish still
@@ -182,7 +168,7 @@ func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
 	if !ok {
 		return Reply{}, ErrClosed
 	}
-	err := g.publish(pubCtx, &Message{
+	err = g.publish(pubCtx, &Message{
 		Topic:           req.Topic,
 		Payload:         req.Payload,
 		QoS:             req.QoS,
@@ -198,10 +184,7 @@ func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
 			// lost), while the publish waited: that is its outcome.
 			return (<-ch).reply()
 		}
-		if errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("%w: publish not acknowledged in time", ErrTimeout)
-		}
-		return Reply{}, err
+		return Reply{}, notAcknowledged(err)
 	}
 
 	select {
@@ -224,26 +207,17 @@ func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
 // 0, once it is sent). That nobody is subscribed is no error here: the
 // message may be retained, and a publication expects no answer.
 func (g *Gateway) Publish(ctx context.Context, p Publication) error {
-	req := Request{Topic: p.Topic, ContentType: p.ContentType, UserProperties: p.UserProperties, QoS: p.QoS}
-	if err := g.check(&req); err != nil {
+	ctx, cancel, err := g.begin(ctx, &Request{Topic: p.Topic, ContentType: p.ContentType, UserProperties: p.UserProperties, QoS: p.QoS})
+	if err != nil {
 		return err
 	}
-	if err := g.Ready(); err != nil {
-		return err
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, g.cfg.DefaultTimeout)
-		defer cancel()
-	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("gateway: publication abandoned before publishing: %w", err)
-	}
+	defer cancel()
 	var expiry uint32
 	if p.TTL > 0 {
-		expiry = uint32(min((p.TTL+time.Second-1)/time.Second, math.MaxUint32))
+		now := time.Now()
+		expiry = expirySeconds(now.Add(p.TTL), now)
 	}
-	err := g.transport.Publish(ctx, &Message{
+	err = g.transport.Publish(ctx, &Message{
 		Topic:          p.Topic,
 		Payload:        p.Payload,
 		QoS:            p.QoS,
@@ -252,10 +226,38 @@ func (g *Gateway) Publish(ctx context.Context, p Publication) error {
 		UserProperties: p.UserProperties,
 		Retain:         p.Retain,
 	})
-	switch {
-	case errors.Is(err, ErrNoResponders):
+	if errors.Is(err, ErrNoResponders) {
 		return nil
-	case errors.Is(err, context.DeadlineExceeded):
+	}
+	return notAcknowledged(err)
+}
+
+// begin checks req, and that the gateway can serve it, and returns ctx
+// with the default timeout when it has no deadline. A request whose
+// client has already gone (an HTTP/2 stream reset at once, say) is
+// refused: it must not still make a device act.
+func (g *Gateway) begin(ctx context.Context, req *Request) (context.Context, context.CancelFunc, error) {
+	if err := g.check(req); err != nil {
+		return nil, nil, err
+	}
+	if err := g.Ready(); err != nil {
+		return nil, nil, err
+	}
+	cancel := context.CancelFunc(func() {})
+	if _, ok := ctx.Deadline(); !ok {
+		ctx, cancel = context.WithTimeout(ctx, g.cfg.DefaultTimeout)
+	}
+	if err := ctx.Err(); err != nil {
+		cancel()
+		return nil, nil, fmt.Errorf("gateway: abandoned before publishing: %w", err)
+	}
+	return ctx, cancel, nil
+}
+
+// notAcknowledged names a publish's deadline for what it is: the broker
+// did not acknowledge it in time.
+func notAcknowledged(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("%w: publish not acknowledged in time", ErrTimeout)
 	}
 	return err

@@ -6,6 +6,7 @@ package gateway
 
 import (
 	"context"
+	"math"
 	"time"
 )
 
@@ -109,5 +110,5 @@ func expirySeconds(deadline time.Time, now time.Time) uint32 {
 	if left <= 0 {
 		return 1
 	}
-	return uint32((left + time.Second - 1) / time.Second)
+	return uint32(min((left+time.Second-1)/time.Second, math.MaxUint32))
 }
