@@ -52,7 +52,6 @@ type conn struct {
 	// Lock should be held.
 	unacked      map[uint16]int
 	unackedBytes int
-	done         chan struct{} // closed when the writer has closed the network connection
 }
 
 // connLimits are the bounds every listener applies to its connections.
@@ -77,7 +76,7 @@ var (
 // newConn wraps c, accepted on listener, or returns nil once the set is
 // closed.
 func newConn(c net.Conn, listener string, lim *connLimits) *conn {
-	mc := &conn{Conn: c, lim: lim, listener: listener, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	mc := &conn{Conn: c, lim: lim, listener: listener, wake: make(chan struct{}, 1)}
 	if !lim.conns.add(mc) {
 		return nil
 	}
@@ -277,7 +276,6 @@ const flushTimeout = time.Second
 // timeout measures progress rather than the size of a burst.
 func (c *conn) writeLoop() {
 	defer c.lim.conns.remove(c)
-	defer close(c.done)
 	defer c.Conn.Close()
 	var out []byte
 	for {
