@@ -30,8 +30,6 @@ type config struct {
 	BrokerUsername string
 	BrokerPassword string
 	BrokerTLS      *tls.Config
-	MQTTAddr       string
-	WSAddr         string
 	InstanceID     string
 	ResponsePrefix string
 	API            api.Config
@@ -42,18 +40,15 @@ type config struct {
 	MaxHeaderBytes int
 	// AuthFile holds the HTTP API keys; "" leaves the API open.
 	AuthFile string
-	// MQTTUsersFile holds the embedded broker's users; "" allows anonymous
-	// clients.
-	MQTTUsersFile string
-	MQTTTLSAddr   string
 	// TLS serves HTTPS and the embedded broker's TLS listeners.
 	TLS *tls.Config
 	// MaxReply bounds a reply in bytes.
 	MaxReply int
 	// BrokerKeepAlive is the keep-alive of the external broker link.
 	BrokerKeepAlive time.Duration
-	// MQTT holds the embedded broker's connection limits; its addresses,
-	// TLS, users file and prefix are set from the fields above.
+	// MQTT is the embedded broker's listeners, users file and limits;
+	// its TLS and response prefix are set from the fields above, which
+	// the HTTP side and the gateway share.
 	MQTT broker.Config
 }
 
@@ -119,8 +114,8 @@ func flagSet(cfg *config, raw *rawFlags) *flag.FlagSet {
 	fs.StringVar(&raw.brokerCA, "broker-ca", "", "PEM file of CA certificates to verify an mqtts:// or wss:// broker (default: the system's)")
 	fs.StringVar(&raw.brokerCert, "broker-cert", "", "PEM client certificate for an mqtts:// or wss:// broker (with --broker-key)")
 	fs.StringVar(&raw.brokerKey, "broker-key", "", "PEM private key of --broker-cert")
-	fs.StringVar(&cfg.MQTTAddr, "mqtt-addr", ":1883", `embedded broker's MQTT TCP listen address ("" = none)`)
-	fs.StringVar(&cfg.WSAddr, "ws-addr", "", `embedded broker's MQTT-over-WebSocket listen address ("" = none)`)
+	fs.StringVar(&cfg.MQTT.TCPAddr, "mqtt-addr", ":1883", `embedded broker's MQTT TCP listen address ("" = none)`)
+	fs.StringVar(&cfg.MQTT.WSAddr, "ws-addr", "", `embedded broker's MQTT-over-WebSocket listen address ("" = none)`)
 	fs.DurationVar(&cfg.API.DefaultTimeout, "timeout", cfg.API.DefaultTimeout, "default per-request timeout (a request's ?timeout overrides it)")
 	fs.DurationVar(&cfg.API.MaxTimeout, "max-timeout", cfg.API.MaxTimeout, "largest ?timeout a client may ask for")
 	fs.UintVar(&raw.qos, "qos", raw.qos, "default QoS of requests: 0, 1 or 2 (a request's ?qos overrides it)")
@@ -135,8 +130,8 @@ func flagSet(cfg *config, raw *rawFlags) *flag.FlagSet {
 	fs.IntVar(&cfg.API.MaxInflight, "max-inflight", cfg.API.MaxInflight, "most RPC requests served at once (default 1024 per CPU); beyond it 503 at once")
 	fs.StringVar(&raw.trustedProxies, "trusted-proxies", "", "comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For names the client (logs)")
 	fs.StringVar(&cfg.AuthFile, "auth-file", "", "YAML file of API keys (SHA-256 hashed) and the topic filters each may publish to; reloaded on SIGHUP; \"\" = no authentication")
-	fs.StringVar(&cfg.MQTTUsersFile, "mqtt-users-file", "", "YAML file of the embedded broker's users (bcrypt passwords, publish/subscribe filters); reloaded on SIGHUP; \"\" = anonymous clients allowed")
-	fs.StringVar(&cfg.MQTTTLSAddr, "mqtt-tls-addr", "", "embedded broker's MQTT-over-TLS listen address, with --tls-cert/--tls-key (\"\" = none)")
+	fs.StringVar(&cfg.MQTT.UsersFile, "mqtt-users-file", "", "YAML file of the embedded broker's users (bcrypt passwords, publish/subscribe filters); reloaded on SIGHUP; \"\" = anonymous clients allowed")
+	fs.StringVar(&cfg.MQTT.TLSAddr, "mqtt-tls-addr", "", "embedded broker's MQTT-over-TLS listen address, with --tls-cert/--tls-key (\"\" = none)")
 	fs.StringVar(&raw.tlsCert, "tls-cert", "", "PEM certificate (chain) for HTTPS and the embedded broker's TLS listeners")
 	fs.StringVar(&raw.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&cfg.InstanceID, "instance-id", "", "this replica's id; scopes its response topic (default random)")
@@ -199,7 +194,7 @@ func serverTLS(cfg *config, raw *rawFlags) error {
 		}
 		cfg.TLS = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}}
 	}
-	if cfg.MQTTTLSAddr != "" && cfg.TLS == nil {
+	if cfg.MQTT.TLSAddr != "" && cfg.TLS == nil {
 		return errors.New("--mqtt-tls-addr needs --tls-cert and --tls-key")
 	}
 	return nil

@@ -206,8 +206,7 @@ func (a *app) transport(cfg config, log *slog.Logger, closers *[]func()) (gatewa
 		})
 	}
 	bc := cfg.MQTT
-	bc.TCPAddr, bc.WSAddr, bc.TLSAddr, bc.TLS = cfg.MQTTAddr, cfg.WSAddr, cfg.MQTTTLSAddr, cfg.TLS
-	bc.UsersFile, bc.ResponsePrefix = cfg.MQTTUsersFile, cfg.ResponsePrefix
+	bc.TLS, bc.ResponsePrefix = cfg.TLS, cfg.ResponsePrefix
 	bc.Logger = log.With("component", "broker")
 	b, err := broker.New(bc)
 	if err != nil {
@@ -231,7 +230,7 @@ func (a *app) reload() {
 			a.log.Info("reloaded --auth-file", "keys", a.auth.Keys().Len())
 		}
 	}
-	if a.broker != nil && a.cfg.MQTTUsersFile != "" {
+	if a.broker != nil && a.cfg.MQTT.UsersFile != "" {
 		if err := a.broker.ReloadUsers(); err != nil {
 			a.log.Error("reloading --mqtt-users-file failed; the old users stay in force", "error", err)
 		} else {

@@ -359,7 +359,7 @@ func TestConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if defaults.HTTPAddr != ":8080" || defaults.MQTTAddr != ":1883" || defaults.Broker != "embedded" || defaults.WSAddr != "" ||
+	if defaults.HTTPAddr != ":8080" || defaults.MQTT.TCPAddr != ":1883" || defaults.Broker != "embedded" || defaults.MQTT.WSAddr != "" ||
 		defaults.API.DefaultTimeout != 10*time.Second || defaults.API.MaxTimeout != 60*time.Second ||
 		defaults.API.DefaultQoS != 1 || defaults.API.MaxBody != 1<<20 {
 		t.Errorf("defaults differ from the README's table: %+v", defaults)
