@@ -168,12 +168,7 @@ func (ks *KeySet) Allowed(keyName, topic string) bool {
 	if !ok {
 		return false
 	}
-	for _, filter := range ks.keys[i].topics {
-		if gateway.MatchFilter(filter, topic) {
-			return true
-		}
-	}
-	return false
+	return gateway.MatchAny(ks.keys[i].topics, topic)
 }
 
 // Check authenticates r and authorizes it to publish to topic; see

@@ -172,7 +172,7 @@ var dummyHash = sync.OnceValue(func() []byte {
 
 // canPublish reports whether u may publish to the topic name.
 func (u *user) canPublish(topic string) bool {
-	return matchesAny(u.pub, topic)
+	return gateway.MatchAny(u.pub, topic)
 }
 
 // canRead reports whether u may subscribe with filter (share prefix
@@ -181,20 +181,10 @@ func (u *user) canPublish(topic string) bool {
 func (u *user) canRead(filter string) bool {
 	if !strings.ContainsAny(filter, "+#") {
 		// A topic name, or a filter that names one topic only.
-		return matchesAny(u.sub, filter)
+		return gateway.MatchAny(u.sub, filter)
 	}
 	for _, g := range u.sub {
 		if filterCovers(g, filter) {
-			return true
-		}
-	}
-	return false
-}
-
-// matchesAny reports whether one of filters matches the topic name.
-func matchesAny(filters []string, topic string) bool {
-	for _, f := range filters {
-		if gateway.MatchFilter(f, topic) {
 			return true
 		}
 	}

@@ -125,6 +125,17 @@ func MatchFilter(filter, topic string) bool {
 	}
 }
 
+// MatchAny reports whether one of filters matches the topic name, as
+// MatchFilter does: the question every grant asks.
+func MatchAny(filters []string, topic string) bool {
+	for _, f := range filters {
+		if MatchFilter(f, topic) {
+			return true
+		}
+	}
+	return false
+}
+
 // IsSharedFilter reports whether filter subscribes to a shared
 // subscription group ("$share/<group>/<filter>") [MQTT-4.8.2]. Like the
 // embedded broker (mochi), it takes "$share" in any case.
