@@ -174,6 +174,23 @@ func (ks *KeySet) Allowed(keyName, topic string) bool {
 // Check authenticates r and authorizes it to publish to topic; see
 // Authenticator.Check.
 func (ks *KeySet) Check(r *http.Request, topic string) (keyName string, err error) {
+	name, err := ks.Identify(r)
+	if err != nil {
+		return "", err
+	}
+	if !ks.Allowed(name, topic) {
+		return name, &AuthError{
+			Err:     ErrForbidden,
+			Detail:  fmt.Sprintf("API key %q may not publish to topic %q", name, topic),
+			KeyName: name,
+		}
+	}
+	return name, nil
+}
+
+// Identify returns the name of the API key r presents, whatever topics it
+// may publish to, or ErrUnauthorized.
+func (ks *KeySet) Identify(r *http.Request) (keyName string, err error) {
 	key, err := presentedKey(r.Header)
 	if err != nil {
 		return "", err
@@ -194,15 +211,7 @@ func (ks *KeySet) Check(r *http.Request, topic string) (keyName string, err erro
 	if match < 0 {
 		return "", &AuthError{Err: ErrUnauthorized, Detail: "unknown API key"}
 	}
-	name := ks.keys[match].name
-	if !ks.Allowed(name, topic) {
-		return name, &AuthError{
-			Err:     ErrForbidden,
-			Detail:  fmt.Sprintf("API key %q may not publish to topic %q", name, topic),
-			KeyName: name,
-		}
-	}
-	return name, nil
+	return ks.keys[match].name, nil
 }
 
 // presentedKey extracts the API key from "Authorization: Bearer <key>" or
@@ -289,4 +298,9 @@ func (a *Authenticator) Keys() *KeySet { return a.file.Current() }
 // topic; keyName is then set too).
 func (a *Authenticator) Check(r *http.Request, topic string) (keyName string, err error) {
 	return a.file.Current().Check(r, topic)
+}
+
+// Identify is KeySet.Identify with the keys in force.
+func (a *Authenticator) Identify(r *http.Request) (keyName string, err error) {
+	return a.file.Current().Identify(r)
 }

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/mqttgw/mqttgw/gateway"
 )
@@ -14,6 +15,30 @@ type fakeGateway struct {
 	RequestFn func(ctx context.Context, req gateway.Request) (gateway.Reply, error)
 	PublishFn func(ctx context.Context, p gateway.Publication) error
 	ReadyFn   func() error
+	SubmitFn  func(ctx context.Context, req gateway.Request, ttl time.Duration) (gateway.Record, error)
+	LookupFn  func(owner, id string) (gateway.Record, error)
+}
+
+func (g *fakeGateway) Submit(ctx context.Context, req gateway.Request, ttl time.Duration) (gateway.Record, error) {
+	if g.SubmitFn == nil {
+		return gateway.Record{}, errors.New("fakeGateway: no SubmitFn")
+	}
+	return g.SubmitFn(ctx, req, ttl)
+}
+
+func (g *fakeGateway) Lookup(owner, id string) (gateway.Record, error) {
+	if g.LookupFn == nil {
+		return gateway.Record{}, gateway.ErrRecordNotFound
+	}
+	return g.LookupFn(owner, id)
+}
+
+func (g *fakeGateway) Watch(_ context.Context, owner, id string, _ gateway.State) (gateway.Record, error) {
+	return g.Lookup(owner, id)
+}
+
+func (g *fakeGateway) Cancel(owner, id string) (gateway.Record, error) {
+	return g.Lookup(owner, id)
 }
 
 func (g *fakeGateway) Publish(ctx context.Context, p gateway.Publication) error {

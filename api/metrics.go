@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 		}, []string{"route", "method", "code"}),
 		rpcRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mqttgw_rpc_requests_total",
-			Help: "RPC requests (POST /rpc/...) by outcome: ok, timeout, no_responders, broker_unavailable, overloaded, shutting_down, rejected, bad_reply, reply_too_large, invalid, too_large, unauthorized, forbidden, client_gone, internal.",
+			Help: "RPC requests (POST /rpc/...) by outcome: ok, accepted (async), timeout, no_responders, broker_unavailable, overloaded, shutting_down, rejected, bad_reply, reply_too_large, invalid, too_large, unauthorized, forbidden, store_full, key_reused, key_in_flight, ended, client_gone, internal.",
 		}, []string{"outcome"}),
 		publishRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mqttgw_publish_requests_total",

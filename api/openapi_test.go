@@ -146,6 +146,7 @@ func TestOpenAPIProblemTypes(t *testing.T) {
 		probNotFound, probMethodNotAllowed, probBrokerRejected, probBadReply, probReplyTooLarge,
 		probNoResponders, probBrokerUnavailable, probShuttingDown, probTimeout, probInternal,
 		probUnauthorized, probForbidden, probBodyTimeout, probOverloaded,
+		probRequestNotFound, probNotAnswered, probRequestEnded, probStoreFull, probKeyReused, probKeyInFlight,
 	}
 	specStatus := map[string][]int{} // problem type → statuses the spec gives it
 	for name, ref := range doc.Components.Schemas {
@@ -258,15 +259,23 @@ type liveCase struct {
 	// publish is the gateway's behaviour for POST /publish; nil means
 	// the publication must be refused before it reaches the gateway.
 	publish func(t *testing.T, ctx context.Context, p gateway.Publication) error
-	ready   func() error // default: ready
+	// submit is the gateway's behaviour for an async POST /rpc; nil
+	// means the request must be refused before it reaches the gateway.
+	submit func(t *testing.T, ctx context.Context, req gateway.Request, ttl time.Duration) (gateway.Record, error)
+	// lookup is the gateway's Lookup, and so its Watch and Cancel (the
+	// fake serves them alike); nil means no request record may be asked
+	// for.
+	lookup func(t *testing.T, owner, id string) (gateway.Record, error)
+	ready  func() error // default: ready
 
 	status   int
 	ctype    string // exact Content-Type
 	slug     string // problem type slug; "" for a response that is no problem
 	detail   string // substring of the problem's detail
 	wantBody string // exact body of a response that is no problem
-	// Exact values of Mqtt-User-Property and Retry-After (absent if not
-	// listed), and of X-Content-Type-Options (nosniff unless sniffable).
+	// Exact values of Mqtt-User-Property, Retry-After, Location,
+	// Preference-Applied and Cache-Control (absent if not listed), and of
+	// X-Content-Type-Options (nosniff unless sniffable).
 	hdr       map[string][]string
 	sniffable bool
 	// specRejects: the spec's schemas themselves flag the request.
@@ -279,6 +288,7 @@ type liveCase struct {
 var (
 	ready           = func() error { return nil }
 	nosniff         = []string{"nosniff"}
+	noStore         = []string{"no-store"}
 	retryAfter1     = map[string][]string{"Retry-After": {"1"}}
 	testCfg         = DefaultConfig()
 	maxBodyBytes    = bytes.Repeat([]byte("x"), int(testCfg.MaxBody))
@@ -659,9 +669,14 @@ func liveCases() []liveCase {
 		},
 	}
 	cases = append(cases, publishCases()...)
+	cases = append(cases, asyncCases()...)
+	cases = append(cases, requestsCases()...)
 	// Headers beyond the limit: net/http's own plain-text 431, before any
 	// handler, on every operation.
-	for _, route := range [][2]string{{http.MethodPost, "/rpc/a"}, {http.MethodPost, "/publish/a"}, {http.MethodGet, "/healthz"}, {http.MethodGet, "/readyz"}, {http.MethodGet, "/metrics"}} {
+	for _, route := range [][2]string{
+		{http.MethodPost, "/rpc/a"}, {http.MethodPost, "/publish/a"}, {http.MethodGet, "/healthz"}, {http.MethodGet, "/readyz"}, {http.MethodGet, "/metrics"},
+		{http.MethodGet, testRequestPath}, {http.MethodDelete, testRequestPath}, {http.MethodGet, testRequestPath + "/reply"},
+	} {
 		cases = append(cases, liveCase{
 			name: "431 " + route[0] + " " + route[1], method: route[0], target: route[1],
 			header: [][2]string{{"X-Padding", strings.Repeat("x", http.DefaultMaxHeaderBytes+8<<10)}},
@@ -701,7 +716,7 @@ func TestOpenAPILiveResponses(t *testing.T) {
 }
 
 func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCase) {
-	var calls atomic.Int32
+	var calls, lookups atomic.Int32
 	gw := &fakeGateway{
 		RequestFn: func(ctx context.Context, req gateway.Request) (gateway.Reply, error) {
 			calls.Add(1)
@@ -718,6 +733,22 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 				return errors.New("unexpected gateway call")
 			}
 			return c.publish(t, ctx, p)
+		},
+		SubmitFn: func(ctx context.Context, req gateway.Request, ttl time.Duration) (gateway.Record, error) {
+			calls.Add(1)
+			if c.submit == nil {
+				t.Errorf("the gateway got the async request %.200q; it should have been refused before", fmt.Sprintf("%+v", req))
+				return gateway.Record{}, errors.New("unexpected gateway call")
+			}
+			return c.submit(t, ctx, req, ttl)
+		},
+		LookupFn: func(owner, id string) (gateway.Record, error) {
+			lookups.Add(1)
+			if c.lookup == nil {
+				t.Errorf("the gateway was asked for request %q of %q; it should have been refused before", id, owner)
+				return gateway.Record{}, errors.New("unexpected gateway call")
+			}
+			return c.lookup(t, owner, id)
 		},
 		ReadyFn: c.ready,
 	}
@@ -772,8 +803,11 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 	if resp.StatusCode != c.status {
 		t.Errorf("status %d, want %d; body %.300s", resp.StatusCode, c.status, body)
 	}
-	if (c.request != nil || c.publish != nil) && calls.Load() != 1 {
+	if (c.request != nil || c.publish != nil || c.submit != nil) && calls.Load() != 1 {
 		t.Errorf("gateway called %d times, want once", calls.Load())
+	}
+	if c.lookup != nil && lookups.Load() == 0 {
+		t.Errorf("the gateway was never asked for the request")
 	}
 	wantCT := c.ctype
 	if c.slug != "" {
@@ -782,7 +816,10 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 	if got := resp.Header.Get("Content-Type"); got != wantCT {
 		t.Errorf("Content-Type %q, want %q", got, wantCT)
 	}
-	wantHdr := map[string][]string{"Mqtt-User-Property": nil, "Retry-After": nil, "X-Content-Type-Options": nosniff}
+	wantHdr := map[string][]string{
+		"Mqtt-User-Property": nil, "Retry-After": nil, "X-Content-Type-Options": nosniff,
+		"Location": nil, "Preference-Applied": nil, "Cache-Control": nil,
+	}
 	if c.sniffable {
 		wantHdr["X-Content-Type-Options"] = nil
 	}
@@ -813,6 +850,11 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 		}
 		if strings.Contains(p.Detail, "secret internals") {
 			t.Errorf("problem detail %q leaks the internal error", p.Detail)
+		}
+		// A problem names a request in its extension members exactly
+		// when its Location header does.
+		if loc := resp.Header.Get("Location"); p.Location != loc || (loc != "" && loc != requestsPrefix+p.ID) || (loc == "" && p.ID != "") {
+			t.Errorf("problem id %q, location %q; Location header %q", p.ID, p.Location, loc)
 		}
 	}
 	if c.after != nil {
@@ -861,7 +903,7 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 	case c.slug != "" && (route.Operation.Responses.Status(resp.StatusCode) == nil || specResp.Value.Content[problemCT] == nil):
 		t.Errorf("the spec's response %d for %s %s has no %s content", resp.StatusCode, method, route.Path, problemCT)
 	default:
-		for _, h := range []string{"Mqtt-User-Property", "Retry-After", "X-Content-Type-Options"} {
+		for _, h := range []string{"Mqtt-User-Property", "Retry-After", "X-Content-Type-Options", "Location", "Preference-Applied", "Cache-Control", "WWW-Authenticate", "Allow"} {
 			if resp.Header.Get(h) != "" && specResp.Value.Headers[h] == nil {
 				t.Errorf("the spec's response %d for %s %s does not declare header %s", resp.StatusCode, method, route.Path, h)
 			}
@@ -986,6 +1028,418 @@ func publishCases() []liveCase {
 				return fmt.Errorf("%w: publish not acknowledged in time", gateway.ErrTimeout)
 			},
 			status: 504, slug: "timeout",
+		},
+	}
+}
+
+// The request record that the async and /requests cases show.
+const (
+	testRequestID   = "0d1c5a3e-8f55-4a52-9b0e-2f6a3d7c9e41"
+	testRequestPath = "/requests/" + testRequestID
+	// testReplyPayload is the stored reply's payload, 14 bytes.
+	testReplyPayload = `{"battery":87}`
+)
+
+var testCreated = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+// testRecord is an async request to devices/7/get with a 5m ttl.
+func testRecord(state gateway.State) gateway.Record {
+	return gateway.Record{
+		ID: testRequestID, Topic: "devices/7/get", State: state, Async: true,
+		Created: testCreated, Expires: testCreated.Add(5 * time.Minute), Updated: testCreated.Add(time.Second),
+	}
+}
+
+// answeredRecord is testRecord answered with testReplyPayload and props.
+func answeredRecord(props ...gateway.UserProperty) gateway.Record {
+	r := testRecord(gateway.StateAnswered)
+	r.Reply = &gateway.Reply{Payload: []byte(testReplyPayload), ContentType: "application/json", UserProperties: props}
+	return r
+}
+
+// statusJSON is the status document of testRecord in state, as written;
+// extra are the members after location.
+func statusJSON(state, extra string) string {
+	return `{"id":"` + testRequestID + `","topic":"devices/7/get","state":"` + state + `","async":true,` +
+		`"created":"2026-01-02T03:04:05Z","expires":"2026-01-02T03:09:05Z","updated":"2026-01-02T03:04:06Z",` +
+		`"location":"` + testRequestPath + `"` + extra + "}\n"
+}
+
+// replyJSON is the reply member of answeredRecord's status document.
+func replyJSON(status int) string {
+	return fmt.Sprintf(`,"reply":{"status":%d,"content_type":"application/json","bytes":14,"location":"%s/reply"}`, status, testRequestPath)
+}
+
+// lookupSeq answers the gateway's Lookup, Watch and Cancel with recs in
+// turn, and with the last one from then on, after checking that owner
+// asks for testRequestID.
+func lookupSeq(owner string, recs ...gateway.Record) func(*testing.T, string, string) (gateway.Record, error) {
+	var n atomic.Int32
+	return func(t *testing.T, gotOwner, id string) (gateway.Record, error) {
+		if gotOwner != owner || id != testRequestID {
+			t.Errorf("gateway asked for request %q of %q, want %q of %q", id, gotOwner, testRequestID, owner)
+		}
+		return recs[min(int(n.Add(1)), len(recs))-1], nil
+	}
+}
+
+// lookupFail fails every Lookup, Watch and Cancel with err.
+func lookupFail(err error) func(*testing.T, string, string) (gateway.Record, error) {
+	return func(*testing.T, string, string) (gateway.Record, error) { return gateway.Record{}, err }
+}
+
+// timeoutKept is the gateway's timeout whose late reply is kept in record
+// id. TimeoutError's message is unexported; wrapped, it reads as msg.
+func timeoutKept(id, msg string) error {
+	return fmt.Errorf("%s%w", msg, &gateway.TimeoutError{ID: id, Kept: true})
+}
+
+// asyncCases are the live cases of POST /rpc/{topic} with Prefer:
+// respond-async, ttl and Idempotency-Key.
+func asyncCases() []liveCase {
+	accepted := func(applied ...string) map[string][]string {
+		return map[string][]string{"Location": {testRequestPath}, "Preference-Applied": {strings.Join(applied, ", ")}, "Cache-Control": noStore}
+	}
+	return []liveCase{
+		{
+			name: "202 async", target: "/rpc/devices/7/get?ttl=5m&qos=2",
+			header:  [][2]string{{"Prefer", "respond-async"}, {"Content-Type", "text/plain"}, {"Mqtt-User-Property", "by=ops"}},
+			reqBody: []byte("status"),
+			submit: func(t *testing.T, ctx context.Context, req gateway.Request, ttl time.Duration) (gateway.Record, error) {
+				wantDeadline(t, ctx, testCfg.DefaultTimeout)
+				want := []gateway.UserProperty{{Key: "by", Value: "ops"}}
+				if ttl != 5*time.Minute || req.Topic != "devices/7/get" || req.QoS != 2 || string(req.Payload) != "status" ||
+					req.ContentType != "text/plain" || !slices.Equal(req.UserProperties, want) || req.IdempotencyKey != "" || req.WaitForResponder != 0 {
+					t.Errorf("gateway got %+v, ttl %s", req, ttl)
+				}
+				return testRecord(gateway.StatePublished), nil
+			},
+			status: 202, ctype: "application/json", wantBody: statusJSON("published", ""),
+			hdr: accepted("respond-async"),
+		},
+		{
+			name: "202 async with the default ttl, nobody subscribed yet", target: "/rpc/devices/7/get",
+			header: [][2]string{{"Prefer", "respond-async"}},
+			submit: func(t *testing.T, _ context.Context, req gateway.Request, ttl time.Duration) (gateway.Record, error) {
+				if ttl != testCfg.DefaultTTL || req.QoS != testCfg.DefaultQoS {
+					t.Errorf("gateway got %+v, ttl %s; want ttl %s", req, ttl, testCfg.DefaultTTL)
+				}
+				return testRecord(gateway.StateWaiting), nil
+			},
+			status: 202, ctype: "application/json", wantBody: statusJSON("waiting-for-responder", ""),
+			hdr: accepted("respond-async"),
+		},
+		{
+			// Two Prefer headers, an unknown preference ignored, and a
+			// wait above --max-timeout applied as --max-timeout.
+			name: "202 async answered within the wait", target: "/rpc/devices/7/get?ttl=90",
+			header: [][2]string{{"Prefer", "respond-async, handling=lenient"}, {"Prefer", "wait=3600"}},
+			submit: func(t *testing.T, _ context.Context, _ gateway.Request, ttl time.Duration) (gateway.Record, error) {
+				if ttl != 90*time.Second {
+					t.Errorf("gateway got ttl %s, want 90s", ttl)
+				}
+				return testRecord(gateway.StatePublished), nil
+			},
+			lookup: lookupSeq("", answeredRecord(gateway.UserProperty{Key: "http-status", Value: "201"})),
+			status: 202, ctype: "application/json", wantBody: statusJSON("answered", replyJSON(201)),
+			hdr: accepted("respond-async", "wait=60"),
+		},
+		{
+			name: "202 async repeat under an idempotency key", target: "/rpc/devices/7/get",
+			header: [][2]string{{"Prefer", "respond-async"}, {"Idempotency-Key", `"order-7"`}},
+			submit: func(t *testing.T, _ context.Context, req gateway.Request, _ time.Duration) (gateway.Record, error) {
+				if req.IdempotencyKey != "order-7" || req.Fingerprint == "" {
+					t.Errorf("gateway got key %q, fingerprint %q", req.IdempotencyKey, req.Fingerprint)
+				}
+				// The first request's record, as it is now.
+				return testRecord(gateway.StateCanceled), nil
+			},
+			status: 202, ctype: "application/json", wantBody: statusJSON("canceled", ""),
+			hdr: accepted("respond-async"),
+		},
+		{
+			name: "422 async idempotency key reused", target: "/rpc/devices/7/get",
+			header: [][2]string{{"Prefer", "respond-async"}, {"Idempotency-Key", "order-7"}},
+			submit: func(*testing.T, context.Context, gateway.Request, time.Duration) (gateway.Record, error) {
+				return testRecord(gateway.StatePublished), fmt.Errorf("%w: key %q was first used for another request", gateway.ErrIdempotencyMismatch, "order-7")
+			},
+			status: 422, slug: "idempotency-key-reused", detail: "order-7",
+		},
+		{
+			name: "503 async store full", target: "/rpc/devices/7/get",
+			header: [][2]string{{"Prefer", "respond-async"}},
+			submit: func(*testing.T, context.Context, gateway.Request, time.Duration) (gateway.Record, error) {
+				return gateway.Record{}, fmt.Errorf("%w: 100000 records of at most 100000", gateway.ErrStoreFull)
+			},
+			status: 503, slug: "store-full", detail: "--max-records", hdr: map[string][]string{"Retry-After": {"5"}},
+		},
+		{
+			name: "400 ttl on a synchronous request", target: "/rpc/a?ttl=5m",
+			status: 400, slug: "invalid-parameter", detail: "ttl applies to async requests",
+		},
+		{
+			name: "400 timeout on an async request", target: "/rpc/a?timeout=1s",
+			header: [][2]string{{"Prefer", "respond-async"}},
+			status: 400, slug: "invalid-parameter", detail: "timeout applies to synchronous requests",
+		},
+		{
+			name: "400 wait-for-responder on an async request", target: "/rpc/a?wait-for-responder=5s",
+			header: [][2]string{{"Prefer", "respond-async"}},
+			status: 400, slug: "invalid-parameter", detail: "wait-for-responder applies to synchronous requests",
+		},
+		{
+			name: "400 ttl below 1s", target: "/rpc/a?ttl=500ms",
+			header: [][2]string{{"Prefer", "respond-async"}},
+			status: 400, slug: "invalid-parameter", detail: "minimum of 1s",
+		},
+		{
+			name: "400 ttl above max-ttl", target: "/rpc/a?ttl=169h",
+			header: [][2]string{{"Prefer", "respond-async"}},
+			status: 400, slug: "invalid-parameter", detail: "maximum of " + testCfg.MaxTTL.String(),
+		},
+		{
+			name: "400 ttl unparsable", target: "/rpc/a?ttl=forever",
+			header: [][2]string{{"Prefer", "respond-async"}},
+			status: 400, slug: "invalid-parameter", detail: "ttl", specRejects: true,
+		},
+		{
+			name: "400 Prefer wait not a number", target: "/rpc/a",
+			header: [][2]string{{"Prefer", "respond-async, wait=soon"}},
+			status: 400, slug: "invalid-header", detail: "wait",
+		},
+		{
+			name: "400 Prefer wait negative", target: "/rpc/a",
+			header: [][2]string{{"Prefer", "respond-async; wait=-1"}, {"Prefer", "wait=-1"}},
+			status: 400, slug: "invalid-header", detail: `"-1"`,
+		},
+		{
+			name: "400 Prefer wait on a synchronous request, malformed", target: "/rpc/a",
+			header: [][2]string{{"Prefer", "wait=1.5"}},
+			status: 400, slug: "invalid-header", detail: "wait",
+		},
+
+		// Idempotency keys on synchronous requests.
+		{
+			name: "200 idempotency key of 255 characters", target: "/rpc/a",
+			header: [][2]string{{"Idempotency-Key", `"` + strings.Repeat("k", 255) + `"`}},
+			request: func(t *testing.T, _ context.Context, req gateway.Request) (gateway.Reply, error) {
+				if req.IdempotencyKey != strings.Repeat("k", 255) || req.Fingerprint == "" {
+					t.Errorf("gateway got key %q, fingerprint %q", req.IdempotencyKey, req.Fingerprint)
+				}
+				return gateway.Reply{Payload: []byte("ok")}, nil
+			},
+			status: 200, ctype: octetStreamCT, wantBody: "ok",
+		},
+		{
+			name: "422 idempotency key reused", target: "/rpc/a",
+			header: [][2]string{{"Idempotency-Key", "k1"}},
+			request: func(t *testing.T, _ context.Context, req gateway.Request) (gateway.Reply, error) {
+				if req.IdempotencyKey != "k1" {
+					t.Errorf("gateway got key %q", req.IdempotencyKey)
+				}
+				return gateway.Reply{}, fmt.Errorf("%w: key %q was first used for another request", gateway.ErrIdempotencyMismatch, "k1")
+			},
+			status: 422, slug: "idempotency-key-reused", detail: "new key",
+		},
+		{
+			name: "409 idempotency key in flight", target: "/rpc/a",
+			header:  [][2]string{{"Idempotency-Key", "k1"}},
+			request: failWith(fmt.Errorf("%w: key %q", gateway.ErrIdempotencyInFlight, "k1")),
+			status:  409, slug: "idempotency-key-in-flight", detail: "retry after it ends",
+		},
+		{
+			name: "409 idempotency key of a canceled request", target: "/rpc/a",
+			header:  [][2]string{{"Idempotency-Key", "k1"}},
+			request: failWith(fmt.Errorf("%w: the first request with idempotency key %q is canceled", gateway.ErrRecordFinal, "k1")),
+			status:  409, slug: "request-ended", detail: "canceled",
+		},
+		{
+			name: "400 idempotency key twice", target: "/rpc/a",
+			header: [][2]string{{"Idempotency-Key", "k1"}, {"Idempotency-Key", "k2"}},
+			status: 400, slug: "invalid-header", detail: "once",
+		},
+		{
+			name: "400 idempotency key with a space", target: "/rpc/a",
+			header: [][2]string{{"Idempotency-Key", `"k 1"`}},
+			status: 400, slug: "invalid-header", detail: "printable ASCII", specRejects: true,
+		},
+		{
+			name: "400 idempotency key empty", target: "/rpc/a",
+			header: [][2]string{{"Idempotency-Key", `""`}},
+			status: 400, slug: "invalid-header", detail: "1 to 255", specRejects: true,
+		},
+		{
+			name: "400 idempotency key too long", target: "/rpc/a",
+			header: [][2]string{{"Idempotency-Key", strings.Repeat("k", 256)}},
+			status: 400, slug: "invalid-header", detail: "1 to 255", specRejects: true,
+		},
+
+		// 504: a late reply is kept where Location says.
+		{
+			name: "504 timeout, late reply kept", target: "/rpc/a?timeout=50ms",
+			request: func(t *testing.T, ctx context.Context, _ gateway.Request) (gateway.Reply, error) {
+				wantDeadline(t, ctx, 50*time.Millisecond)
+				<-ctx.Done()
+				return gateway.Reply{}, timeoutKept(testRequestID, `gateway: timeout: no reply on "a" within 50ms`)
+			},
+			status: 504, slug: "timeout", detail: "kept at " + testRequestPath + " for " + testCfg.ResultTTL.String(),
+			hdr: map[string][]string{"Location": {testRequestPath}},
+		},
+		{
+			name: "504 timeout, no room to keep the reply", target: "/rpc/a",
+			request: failWith(fmt.Errorf(`gateway: timeout: no reply on "a" within 10s%w`, &gateway.TimeoutError{ID: testRequestID})),
+			status:  504, slug: "timeout", detail: "within 10s",
+		},
+	}
+}
+
+// requestsCases are the live cases of /requests/{id} and its reply.
+func requestsCases() []liveCase {
+	status := map[string][]string{"Cache-Control": noStore}
+	failed := testRecord(gateway.StateFailed)
+	failed.Error = "gateway: reply too large: the reply is 5000000 bytes; at most 4194304 are allowed"
+	unauthorized := map[string][]string{"Www-Authenticate": {`Bearer realm="mqttgw"`}}
+	return []liveCase{
+		// GET /requests/{id}
+		{
+			name: "200 request status", method: http.MethodGet, target: testRequestPath,
+			lookup: lookupSeq("", testRecord(gateway.StatePublished)),
+			status: 200, ctype: "application/json", wantBody: statusJSON("published", ""), hdr: status,
+		},
+		{
+			name: "200 request status after a wait", method: http.MethodGet, target: testRequestPath,
+			header: [][2]string{{"Prefer", "wait=5"}},
+			lookup: lookupSeq("", testRecord(gateway.StatePublished), answeredRecord()),
+			status: 200, ctype: "application/json", wantBody: statusJSON("answered", replyJSON(200)),
+			hdr: map[string][]string{"Cache-Control": noStore, "Preference-Applied": {"wait=5"}},
+		},
+		{
+			name: "200 request status, ended: no wait", method: http.MethodGet, target: testRequestPath,
+			header: [][2]string{{"Prefer", "wait=5"}},
+			lookup: lookupSeq("", testRecord(gateway.StateExpired)),
+			status: 200, ctype: "application/json", wantBody: statusJSON("expired", ""), hdr: status,
+		},
+		{
+			name: "200 failed request status", method: http.MethodGet, target: testRequestPath,
+			lookup: lookupSeq("", failed),
+			status: 200, ctype: "application/json", wantBody: statusJSON("failed", `,"error":"`+failed.Error+`"`), hdr: status,
+		},
+		{
+			name: "200 request status with a bad stored http-status", method: http.MethodGet, target: testRequestPath,
+			lookup: lookupSeq("", answeredRecord(gateway.UserProperty{Key: "http-status", Value: "abc"})),
+			status: 200, ctype: "application/json", wantBody: statusJSON("answered", replyJSON(502)), hdr: status,
+		},
+		{
+			name: "200 request status with the API key that made it", method: http.MethodGet, target: testRequestPath,
+			header: [][2]string{{"X-API-Key", testAPIKey}},
+			cfg:    withAuth,
+			lookup: lookupSeq("test", testRecord(gateway.StatePublished)),
+			status: 200, ctype: "application/json", wantBody: statusJSON("published", ""), hdr: status,
+		},
+		{
+			name: "401 request status without a key", method: http.MethodGet, target: testRequestPath,
+			cfg:    withAuth,
+			status: 401, slug: "unauthorized", hdr: unauthorized,
+		},
+		{
+			name: "404 malformed request id", method: http.MethodGet, target: "/requests/nope",
+			status: 404, slug: "request-not-found", detail: "not a request id", specRejects: true,
+		},
+		{
+			name: "404 upper-case request id", method: http.MethodGet, target: "/requests/" + strings.ToUpper(testRequestID),
+			status: 404, slug: "request-not-found", detail: "not a request id", specRejects: true,
+		},
+		{
+			name: "404 unknown request", method: http.MethodGet, target: testRequestPath,
+			lookup: lookupFail(gateway.ErrRecordNotFound),
+			status: 404, slug: "request-not-found", detail: "--result-ttl",
+		},
+		{
+			name: "400 Prefer wait not a number on GET", method: http.MethodGet, target: testRequestPath,
+			header: [][2]string{{"Prefer", "wait=soon"}},
+			lookup: lookupSeq("", testRecord(gateway.StatePublished)),
+			status: 400, slug: "invalid-header", detail: "wait",
+		},
+		{name: "405 POST /requests/{id}", target: testRequestPath, status: 405, slug: "method-not-allowed", unrouted: true,
+			hdr: map[string][]string{"Allow": {"GET, DELETE"}}},
+		{name: "405 PUT /requests/{id}/reply", method: http.MethodPut, target: testRequestPath + "/reply", status: 405, slug: "method-not-allowed", unrouted: true,
+			hdr: map[string][]string{"Allow": {"GET"}}},
+
+		// GET /requests/{id}/reply
+		{
+			name: "200 stored reply", method: http.MethodGet, target: testRequestPath + "/reply",
+			lookup: lookupSeq("", answeredRecord(gateway.UserProperty{Key: "unit", Value: "percent"})),
+			status: 200, ctype: "application/json", wantBody: testReplyPayload,
+			hdr: map[string][]string{"Cache-Control": noStore, "Mqtt-User-Property": {"unit=percent"}},
+		},
+		{
+			name: "201 stored reply chosen by the responder", method: http.MethodGet, target: testRequestPath + "/reply",
+			header: [][2]string{{"Authorization", "Bearer " + testAPIKey}},
+			cfg:    withAuth,
+			lookup: lookupSeq("test", answeredRecord(gateway.UserProperty{Key: "http-status", Value: "201"}, gateway.UserProperty{Key: "unit", Value: "percent"})),
+			status: 201, ctype: "application/json", wantBody: testReplyPayload,
+			hdr: map[string][]string{"Cache-Control": noStore, "Mqtt-User-Property": {"http-status=201", "unit=percent"}},
+		},
+		{
+			name: "409 reply not there yet", method: http.MethodGet, target: testRequestPath + "/reply",
+			lookup: lookupSeq("", testRecord(gateway.StatePublished)),
+			status: 409, slug: "not-answered", detail: "Prefer: wait=N",
+		},
+		{
+			name: "409 reply of an expired request", method: http.MethodGet, target: testRequestPath + "/reply",
+			lookup: lookupSeq("", testRecord(gateway.StateExpired)),
+			status: 409, slug: "not-answered", detail: "is expired and has no reply",
+		},
+		{
+			name: "409 reply of a failed request", method: http.MethodGet, target: testRequestPath + "/reply",
+			lookup: lookupSeq("", failed),
+			status: 409, slug: "not-answered", detail: "reply too large",
+		},
+		{
+			name: "502 stored reply with a bad http-status", method: http.MethodGet, target: testRequestPath + "/reply",
+			lookup: lookupSeq("", answeredRecord(gateway.UserProperty{Key: "http-status", Value: "abc"})),
+			status: 502, slug: "bad-reply", detail: "http-status",
+		},
+		{
+			name: "404 reply of an unknown request", method: http.MethodGet, target: testRequestPath + "/reply",
+			lookup: lookupFail(gateway.ErrRecordNotFound),
+			status: 404, slug: "request-not-found",
+		},
+		{
+			name: "404 reply of a malformed request id", method: http.MethodGet, target: "/requests/nope/reply",
+			status: 404, slug: "request-not-found", specRejects: true,
+		},
+		{
+			name: "401 reply without a key", method: http.MethodGet, target: testRequestPath + "/reply",
+			header: [][2]string{{"X-API-Key", "not-a-key"}},
+			cfg:    withAuth,
+			status: 401, slug: "unauthorized", hdr: unauthorized,
+		},
+
+		// DELETE /requests/{id}
+		{
+			name: "200 cancel", method: http.MethodDelete, target: testRequestPath,
+			lookup: lookupSeq("", testRecord(gateway.StateCanceled)),
+			status: 200, ctype: "application/json", wantBody: statusJSON("canceled", ""), hdr: status,
+		},
+		{
+			name: "409 cancel an ended request", method: http.MethodDelete, target: testRequestPath,
+			lookup: lookupFail(fmt.Errorf("%w: it is answered", gateway.ErrRecordFinal)),
+			status: 409, slug: "request-ended", detail: "answered",
+		},
+		{
+			name: "404 cancel an unknown request", method: http.MethodDelete, target: testRequestPath,
+			lookup: lookupFail(gateway.ErrRecordNotFound),
+			status: 404, slug: "request-not-found",
+		},
+		{
+			name: "404 cancel a malformed request id", method: http.MethodDelete, target: "/requests/0d1c5a3e8f554a529b0e2f6a3d7c9e41",
+			status: 404, slug: "request-not-found", detail: "not a request id", specRejects: true,
+		},
+		{
+			name: "401 cancel without a key", method: http.MethodDelete, target: testRequestPath,
+			cfg:    withAuth,
+			status: 401, slug: "unauthorized", hdr: unauthorized,
 		},
 	}
 }

@@ -48,6 +48,12 @@ var (
 	probShuttingDown      = problemKind{"shutting-down", "Gateway shutting down", http.StatusServiceUnavailable, 1, "shutting_down"}
 	probTimeout           = problemKind{"timeout", "No reply in time", http.StatusGatewayTimeout, 0, "timeout"}
 	probInternal          = problemKind{"internal", "Internal error", http.StatusInternalServerError, 0, "internal"}
+	probRequestNotFound   = problemKind{"request-not-found", "No such request", http.StatusNotFound, 0, "not_found"}
+	probNotAnswered       = problemKind{"not-answered", "Request not answered", http.StatusConflict, 0, "not_answered"}
+	probRequestEnded      = problemKind{"request-ended", "Request already ended", http.StatusConflict, 0, "ended"}
+	probStoreFull         = problemKind{"store-full", "Request store full", http.StatusServiceUnavailable, 5, "store_full"}
+	probKeyReused         = problemKind{"idempotency-key-reused", "Idempotency key reused", http.StatusUnprocessableEntity, 0, "key_reused"}
+	probKeyInFlight       = problemKind{"idempotency-key-in-flight", "Idempotency key in flight", http.StatusConflict, 0, "key_in_flight"}
 	// probClientGone is only logged: the client has hung up and will never
 	// read it. 499 is nginx's "client closed request".
 	probClientGone = problemKind{"client-closed-request", "Client closed request", 499, 0, "client_gone"}
@@ -56,12 +62,15 @@ var (
 // errOverloaded is a request beyond --max-inflight.
 var errOverloaded = errors.New("api: overloaded")
 
-// Problem is an RFC 9457 problem details object.
+// Problem is an RFC 9457 problem details object. A timeout whose late
+// reply will be kept names the request (extension members).
 type Problem struct {
-	Type   string `json:"type"`
-	Title  string `json:"title"`
-	Status int    `json:"status"`
-	Detail string `json:"detail,omitempty"`
+	Type     string `json:"type"`
+	Title    string `json:"title"`
+	Status   int    `json:"status"`
+	Detail   string `json:"detail,omitempty"`
+	ID       string `json:"id,omitempty"`
+	Location string `json:"location,omitempty"`
 }
 
 // badInput is a request the gateway refuses before sending anything.
@@ -117,6 +126,16 @@ func classify(err error) (problemKind, string) {
 		return probShuttingDown, "the gateway is shutting down; retry on another replica"
 	case errors.Is(err, gateway.ErrTimeout):
 		return probTimeout, err.Error()
+	case errors.Is(err, gateway.ErrRecordNotFound):
+		return probRequestNotFound, "no such request for this API key; records are kept for --result-ttl after they end"
+	case errors.Is(err, gateway.ErrRecordFinal):
+		return probRequestEnded, err.Error()
+	case errors.Is(err, gateway.ErrStoreFull):
+		return probStoreFull, err.Error() + " (--max-records, --max-record-bytes); retry later"
+	case errors.Is(err, gateway.ErrIdempotencyMismatch):
+		return probKeyReused, err.Error() + "; a key names one request: use a new key for a new request"
+	case errors.Is(err, gateway.ErrIdempotencyInFlight):
+		return probKeyInFlight, err.Error() + "; the first request with this key is still waiting for its reply: retry after it ends"
 	case errors.As(err, &rejected):
 		return probBrokerRejected, rejected.Error()
 	case errors.As(err, &badReply):
@@ -148,11 +167,22 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) p
 		// request log line already shows.
 		s.log.Warn("request failed", "path", r.URL.EscapedPath(), "status", kind.status, "error", err)
 	}
-	s.writeProblem(w, kind, detail)
+	p := Problem{Detail: detail}
+	if id, ok := timeoutLocation(err); ok {
+		p.ID, p.Location = id, requestsPrefix+id
+		p.Detail += fmt.Sprintf("; a reply that arrives later is kept at %s for %s", p.Location, s.cfg.ResultTTL)
+		w.Header().Set("Location", p.Location)
+	}
+	s.writeProblemDoc(w, kind, p)
 	return kind
 }
 
 func (s *Server) writeProblem(w http.ResponseWriter, kind problemKind, detail string) {
+	s.writeProblemDoc(w, kind, Problem{Detail: detail})
+}
+
+// writeProblemDoc writes p, with kind's type, title and status.
+func (s *Server) writeProblemDoc(w http.ResponseWriter, kind problemKind, p Problem) {
 	h := w.Header()
 	h.Set("Content-Type", "application/problem+json")
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -163,12 +193,8 @@ func (s *Server) writeProblem(w http.ResponseWriter, kind problemKind, detail st
 		h.Set("WWW-Authenticate", `Bearer realm="mqttgw"`)
 	}
 	w.WriteHeader(kind.status)
-	_ = json.NewEncoder(w).Encode(Problem{
-		Type:   ProblemTypeBase + kind.slug,
-		Title:  kind.title,
-		Status: kind.status,
-		Detail: detail,
-	})
+	p.Type, p.Title, p.Status = ProblemTypeBase+kind.slug, kind.title, kind.status
+	_ = json.NewEncoder(w).Encode(p)
 }
 
 func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {

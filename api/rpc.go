@@ -31,7 +31,8 @@ const (
 )
 
 // rpc publishes the request body on the topic named by the path and
-// answers with the reply.
+// answers with the reply, or with Prefer: respond-async at once with the
+// request's status document.
 func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	info := infoOf(r)
@@ -41,12 +42,21 @@ func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 
-	req, timeout, err := s.decodeRequest(w, r, info)
+	prefs, err := parsePrefer(r.Header)
 	if err != nil {
 		fail(err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	req, limit, err := s.decodeRequest(w, r, info, prefs.respondAsync)
+	if err != nil {
+		fail(err)
+		return
+	}
+	if prefs.respondAsync {
+		s.submit(w, r, req, limit, prefs, fail)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), limit)
 	defer cancel()
 	reply, err := s.gw.Request(ctx, req)
 	s.metrics.rpcDuration.Observe(time.Since(start).Seconds())
@@ -54,13 +64,22 @@ func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
 		fail(err)
 		return
 	}
-	status, err := replyStatus(reply)
-	if err != nil {
+	if err := s.writeReply(w, reply); err != nil {
 		fail(err)
 		return
 	}
 	info.outcome = "ok"
 	s.metrics.rpcRequests.WithLabelValues("ok").Inc()
+}
+
+// writeReply answers with a responder's reply: the status from its
+// http-status property, its content type, user properties and payload.
+// It writes nothing when the reply can't be an HTTP response.
+func (s *Server) writeReply(w http.ResponseWriter, reply gateway.Reply) error {
+	status, err := replyStatus(reply)
+	if err != nil {
+		return err
+	}
 	h := w.Header()
 	h.Set("Content-Type", replyContentType(reply.ContentType))
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -77,6 +96,7 @@ func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Length", strconv.Itoa(len(reply.Payload)))
 	w.WriteHeader(status)
 	_, _ = w.Write(reply.Payload)
+	return nil
 }
 
 // admit counts a request against --max-inflight, and returns how to fail
@@ -102,39 +122,69 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, info *reqInfo, ou
 	}, true
 }
 
-// decodeRequest maps an HTTP request to a gateway request and its timeout.
-func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, info *reqInfo) (gateway.Request, time.Duration, error) {
-	var timeout, wait time.Duration
+// decodeRequest maps an HTTP request to a gateway request and its
+// timeout, or for an async request its TTL. Each takes only its own
+// parameters: a timeout on an async request would be silently ignored.
+func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, info *reqInfo, async bool) (gateway.Request, time.Duration, error) {
+	var limit, wait time.Duration
 	m, err := s.decode(w, r, info, rpcPrefix, func(q url.Values) (err error) {
-		if timeout, err = parseTimeout(q, s.cfg.DefaultTimeout, s.cfg.MaxTimeout); err != nil {
+		if async {
+			for _, name := range []string{"timeout", "wait-for-responder"} {
+				if q.Has(name) {
+					return fmt.Errorf("%s applies to synchronous requests; an async request (Prefer: respond-async) waits for a responder and its reply until its ttl", name)
+				}
+			}
+			limit, err = parseDuration(q, "ttl", s.cfg.DefaultTTL, time.Second, s.cfg.MaxTTL)
+			return err
+		}
+		if q.Has("ttl") {
+			return errors.New("ttl applies to async requests (Prefer: respond-async); a synchronous request takes timeout")
+		}
+		if limit, err = parseTimeout(q, s.cfg.DefaultTimeout, s.cfg.MaxTimeout); err != nil {
 			return err
 		}
 		wait, err = parseDuration(q, "wait-for-responder", 0, 0, s.cfg.MaxTimeout)
-		if err == nil && timeout+wait > s.cfg.MaxTimeout {
+		if err == nil && limit+wait > s.cfg.MaxTimeout {
 			// No request is held longer than --max-timeout, which
 			// proxies in front and the server's write deadline are
 			// sized for.
-			err = fmt.Errorf("timeout %s plus wait-for-responder %s is above the maximum of %s", timeout, wait, s.cfg.MaxTimeout)
+			err = fmt.Errorf("timeout %s plus wait-for-responder %s is above the maximum of %s", limit, wait, s.cfg.MaxTimeout)
 		}
 		return err
 	})
 	if err != nil {
 		return gateway.Request{}, 0, err
 	}
-	// The wait for a responder comes before, and on top of, the wait for
-	// the reply.
-	return gateway.Request{
+	if async && m.qos == 0 {
+		// A broker keeps no QoS 0 message for an offline session: the
+		// request would be "published" to a sleeping device and lost.
+		return gateway.Request{}, 0, &badInput{kind: probInvalidParameter, err: errors.New("qos 0 can't wait in an offline device's session; an async request takes qos 1 or 2")}
+	}
+	key, err := idempotencyKey(r.Header)
+	if err != nil {
+		return gateway.Request{}, 0, &badInput{kind: probInvalidHeader, err: err}
+	}
+	req := gateway.Request{
 		Topic:            m.topic,
 		Payload:          m.body,
 		ContentType:      m.contentType,
 		UserProperties:   m.props,
 		QoS:              m.qos,
 		WaitForResponder: wait,
-	}, timeout + wait, nil
+		Owner:            m.owner,
+		IdempotencyKey:   key,
+	}
+	if key != "" {
+		req.Fingerprint = fingerprint(&req, async)
+	}
+	// The wait for a responder comes before, and on top of, the wait for
+	// the reply.
+	return req, limit + wait, nil
 }
 
 // message is what /rpc and /publish take from an HTTP request alike.
 type message struct {
+	owner       string // the API key's name; "" without auth
 	topic       string
 	body        []byte
 	contentType string
@@ -157,7 +207,7 @@ func (s *Server) decode(w http.ResponseWriter, r *http.Request, info *reqInfo, p
 	}
 	info.topic, m.topic = topic, topic
 	if s.cfg.Auth != nil {
-		if _, err := s.cfg.Auth.Check(r, topic); err != nil {
+		if m.owner, err = s.cfg.Auth.Check(r, topic); err != nil {
 			return m, err
 		}
 	}

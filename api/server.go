@@ -24,6 +24,12 @@ type Requester interface {
 	Request(ctx context.Context, req gateway.Request) (gateway.Reply, error)
 	// Publish publishes p without waiting for a reply.
 	Publish(ctx context.Context, p gateway.Publication) error
+	// Submit publishes req as an async request that may wait until ttl.
+	Submit(ctx context.Context, req gateway.Request, ttl time.Duration) (gateway.Record, error)
+	// Lookup, Watch and Cancel act on owner's request id.
+	Lookup(owner, id string) (gateway.Record, error)
+	Watch(ctx context.Context, owner, id string, seen gateway.State) (gateway.Record, error)
+	Cancel(owner, id string) (gateway.Record, error)
 	// Ready returns nil when requests can be served, or why not.
 	Ready() error
 }
@@ -37,6 +43,12 @@ type Config struct {
 	// it, so a missing responder is a 503 at once rather than a 504.
 	DefaultQoS byte
 	MaxBody    int64 // largest request body in bytes; default 1 MiB
+	// DefaultTTL applies to an async request without ?ttl; MaxTTL is the
+	// largest ?ttl. Defaults 1h and 7 days.
+	DefaultTTL, MaxTTL time.Duration
+	// ResultTTL is how long a timed-out request's late reply is kept, as
+	// the 504 says; the gateway's Config.ResultTTL. Default 10m.
+	ResultTTL time.Duration
 	// ReservedPrefix is the gateways' response prefix, which requests may
 	// not publish under. Default gateway.DefaultResponsePrefix.
 	ReservedPrefix string
@@ -66,6 +78,9 @@ func DefaultConfig() Config {
 		MaxTimeout:      60 * time.Second,
 		DefaultQoS:      1,
 		MaxBody:         1 << 20,
+		DefaultTTL:      time.Hour,
+		MaxTTL:          7 * 24 * time.Hour,
+		ResultTTL:       gateway.DefaultResultTTL,
 		ReservedPrefix:  gateway.DefaultResponsePrefix,
 		MaxInflight:     DefaultMaxInflight(),
 		BodyReadTimeout: 30 * time.Second,
@@ -88,6 +103,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("timeout %s must be positive and at most the max timeout %s", c.DefaultTimeout, c.MaxTimeout)
 	case c.DefaultQoS > 2:
 		return fmt.Errorf("qos must be 0, 1 or 2, not %d", c.DefaultQoS)
+	case c.MaxTTL < time.Second || c.MaxTTL > maxTTL:
+		return fmt.Errorf("max ttl %s must be from 1s to %s", c.MaxTTL, maxTTL)
+	case c.DefaultTTL < time.Second || c.DefaultTTL > c.MaxTTL:
+		return fmt.Errorf("ttl %s must be from 1s to the max ttl %s", c.DefaultTTL, c.MaxTTL)
+	case c.ResultTTL <= 0:
+		return fmt.Errorf("result ttl must be positive, not %s", c.ResultTTL)
 	case c.MaxBody <= 0:
 		return fmt.Errorf("max body must be positive, not %d", c.MaxBody)
 	case c.MaxInflight <= 0:

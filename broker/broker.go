@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -63,6 +64,15 @@ type Config struct {
 	// SlowSubscribers says what happens to a client that doesn't read
 	// fast enough: SlowDrop (the default) or SlowDisconnect.
 	SlowSubscribers SlowPolicy
+	// MaxMessageExpiry is the longest any message is kept, queued for an
+	// offline session or retained, whatever its Message Expiry says; one
+	// without Message Expiry is kept this long. Default 24h.
+	MaxMessageExpiry time.Duration
+	// DataDir, when set, makes sessions, their queued messages, retained
+	// messages (the gateway's request records among them) and
+	// subscriptions survive a restart, in DataDir/broker.db. "" keeps
+	// them in memory.
+	DataDir string
 }
 
 // SlowPolicy says what the broker does with deliveries to a client whose
@@ -126,6 +136,9 @@ func (c *Config) setDefaults() error {
 	if c.SlowSubscribers == "" {
 		c.SlowSubscribers = SlowDrop
 	}
+	if c.MaxMessageExpiry == 0 {
+		c.MaxMessageExpiry = 24 * time.Hour
+	}
 	switch {
 	case c.MaxPacketSize < 128 || c.MaxPacketSize > 268435460:
 		return fmt.Errorf("maximum packet size %d is not from 128 bytes to 256 MiB", c.MaxPacketSize)
@@ -135,6 +148,8 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("maximum keep-alive %s is not from 1s to 65535s", c.MaxKeepAlive)
 	case c.WriteBuffer < c.MaxPacketSize:
 		return fmt.Errorf("write buffer of %d bytes can't hold a packet of the maximum size, %d bytes", c.WriteBuffer, c.MaxPacketSize)
+	case c.MaxMessageExpiry < time.Second:
+		return fmt.Errorf("maximum message expiry %s is below 1s", c.MaxMessageExpiry)
 	case c.SlowSubscribers != SlowDrop && c.SlowSubscribers != SlowDisconnect:
 		return fmt.Errorf("slow subscriber policy %q is not %q or %q", c.SlowSubscribers, SlowDrop, SlowDisconnect)
 	}
@@ -155,6 +170,8 @@ type Broker struct {
 	stats     connStats
 	// subscribed is told of every subscription a client makes.
 	subscribed signal
+	closeOnce  sync.Once
+	closeErr   error
 }
 
 // New creates the broker and binds its listeners, so that an address in
@@ -173,6 +190,10 @@ func New(cfg Config) (*Broker, error) {
 	// mochi has no limit by default; conn (conn.go) also holds back a
 	// packet until it has arrived, so that this is never allocated ahead.
 	caps.MaximumPacketSize = uint32(cfg.MaxPacketSize)
+	// mochi drops any message older than this, queued or retained,
+	// whatever its own Message Expiry: it must cover the longest
+	// request TTL and the records kept after it.
+	caps.MaximumMessageExpiryInterval = int64(cfg.MaxMessageExpiry / time.Second)
 
 	if cfg.TLSAddr != "" && cfg.TLS == nil {
 		return nil, errors.New("broker: a TLS listener address needs a TLS configuration")
@@ -209,7 +230,12 @@ func New(cfg Config) (*Broker, error) {
 	if err := b.srv.AddHook(hook, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
-	limits := &limitsHook{maxKeepAlive: uint16(cfg.MaxKeepAlive / time.Second), maxPacket: uint32(cfg.MaxPacketSize), subscribed: &b.subscribed}
+	if cfg.DataDir != "" {
+		if err := b.addStore(cfg.DataDir); err != nil {
+			return nil, err
+		}
+	}
+	limits := &limitsHook{maxKeepAlive: uint16(cfg.MaxKeepAlive / time.Second), maxPacket: uint32(cfg.MaxPacketSize), subscribed: &b.subscribed, srv: b.srv}
 	if err := b.srv.AddHook(limits, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
@@ -270,6 +296,7 @@ func (b *Broker) Start() error {
 	if err := b.srv.Serve(); err != nil {
 		return fmt.Errorf("broker: %w", err)
 	}
+	restoreExpiry(b.srv)
 	return nil
 }
 
@@ -322,10 +349,14 @@ func (b *Broker) Ready() error {
 }
 
 // Close disconnects every client and stops the listeners. New connections
-// are turned away first, so that none outlives Close (see guard.go).
+// are turned away first, so that none outlives Close (see guard.go). Only
+// the first call does anything: mochi's own Close panics when called
+// twice.
 func (b *Broker) Close() error {
-	b.gate.close()
-	err := b.srv.Close()
-	b.limits.conns.close()
-	return err
+	b.closeOnce.Do(func() {
+		b.gate.close()
+		b.closeErr = b.srv.Close()
+		b.limits.conns.close()
+	})
+	return b.closeErr
 }

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -104,11 +105,14 @@ func (h *accessHook) refuse(cl *mqtt.Client, why string, attrs ...any) {
 // delivery a subscribe filter matching the topic. A client whose user is
 // no longer listed (after ReloadUsers) may do nothing.
 func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	t := h.table()
-	if t != nil && cl.Net.Inline {
+	if cl.Net.Inline {
 		return true // the gateway's own client: no user, checked by nobody
 	}
+	t := h.table()
 	if write {
+		if h.gatewaysOnly(topic) {
+			return false
+		}
 		if t == nil {
 			return true // responders publish their replies there
 		}
@@ -140,6 +144,15 @@ func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 	}
 	u := t.lookup(cl.Properties.Username)
 	return u != nil && u.canRead(filter)
+}
+
+// gatewaysOnly reports whether topic lies more than one level under the
+// prefix, where the gateways keep their request records: responders
+// publish their replies one level under it, and a forged record would
+// be another API key's reply.
+func (h *accessHook) gatewaysOnly(topic string) bool {
+	rest, ok := strings.CutPrefix(topic, h.prefix+"/")
+	return ok && strings.Contains(rest, "/")
 }
 
 // OnWill empties the will of a client whose user may not publish to its

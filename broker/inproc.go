@@ -20,12 +20,12 @@ type inproc struct {
 	cl         *mqtt.Client
 	subscribed *signal
 
-	mu    sync.Mutex
-	topic string // the response subscription; "" when none. Lock should be held.
+	mu      sync.Mutex
+	filters []string // the gateway's subscriptions; nil when none. Lock should be held.
 }
 
-// subscriptionID identifies the response subscription among the server's
-// inline subscriptions; one gateway per broker uses it.
+// subscriptionID identifies the gateway's subscriptions among the
+// server's inline subscriptions; one gateway per broker uses it.
 const subscriptionID = 1
 
 func newInproc(srv *mqtt.Server, subscribed *signal) *inproc {
@@ -53,6 +53,9 @@ func (t *inproc) WaitForSubscriber(ctx context.Context, topic string) error {
 	}
 }
 
+// Subscribed returns a channel closed at the next subscription.
+func (t *inproc) Subscribed() <-chan struct{} { return t.subscribed.wait() }
+
 // hasSubscribers asks mochi's subscription index: mochi never answers
 // 0x10 (no matching subscribers) itself.
 func (t *inproc) hasSubscribers(topic string) bool {
@@ -60,17 +63,29 @@ func (t *inproc) hasSubscribers(topic string) bool {
 	return len(subs.Subscriptions)+len(subs.Shared)+len(subs.InlineSubscriptions) > 0
 }
 
-func (t *inproc) Connect(_ context.Context, responseTopic string, h gateway.Handler) error {
-	err := t.srv.Subscribe(responseTopic, subscriptionID, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+func (t *inproc) Connect(_ context.Context, filters []string, h gateway.Handler) error {
+	handler := func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
 		h.HandleReply(fromPacket(pk))
-	})
-	if err != nil {
-		return err
+	}
+	var plain []string
+	for _, f := range filters {
+		// One gateway serves the embedded broker: a shared subscription
+		// would only cost mochi's share selection on every reply.
+		f = gateway.StripShare(f)
+		// mochi hands an inline subscription the retained messages
+		// under it (the stored request records) before Subscribe returns.
+		if err := t.srv.Subscribe(f, subscriptionID, handler); err != nil {
+			for _, done := range plain {
+				_ = t.srv.Unsubscribe(done, subscriptionID)
+			}
+			return err
+		}
+		plain = append(plain, f)
 	}
 	t.mu.Lock()
-	t.topic = responseTopic
+	t.filters = plain
 	t.mu.Unlock()
-	// In-process, the subscription is in place as soon as Subscribe
+	// In-process, the subscriptions are in place as soon as Subscribe
 	// returns, and the connection can't drop.
 	h.ConnectionUp()
 	return nil
@@ -114,13 +129,14 @@ func (t *inproc) Publish(_ context.Context, m *gateway.Message) error {
 
 func (t *inproc) Close(context.Context) error {
 	t.mu.Lock()
-	topic := t.topic
-	t.topic = ""
+	filters := t.filters
+	t.filters = nil
 	t.mu.Unlock()
-	if topic == "" {
-		return nil
+	var errs []error
+	for _, f := range filters {
+		errs = append(errs, t.srv.Unsubscribe(f, subscriptionID))
 	}
-	return t.srv.Unsubscribe(topic, subscriptionID)
+	return errors.Join(errs...)
 }
 
 func toUser(props []gateway.UserProperty) []packets.UserProperty {

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"sync"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -20,6 +21,8 @@ type limitsHook struct {
 	// subscribed is told of every new subscription, for requests waiting
 	// for a responder.
 	subscribed *signal
+	// srv finds the session a connecting client takes over.
+	srv *mqtt.Server
 }
 
 func (h *limitsHook) ID() string { return "mqttgw-limits" }
@@ -27,7 +30,7 @@ func (h *limitsHook) ID() string { return "mqttgw-limits" }
 func (h *limitsHook) Provides(b byte) bool {
 	// Asked for every packet sent: a switch, not a slice search.
 	switch b {
-	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnSubscribed:
+	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnSubscribed, mqtt.OnSessionEstablish:
 		return true
 	}
 	return false
@@ -89,6 +92,24 @@ func (h *limitsHook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.P
 		pk.Properties.MaximumPacketSize = h.maxPacket
 	}
 	return pk
+}
+
+// OnSessionEstablish drops the expired messages of the session a client
+// is about to resume, just before mochi resends them. mochi's own sweep
+// runs once a second and keeps a message until the second after its
+// expiry (Expiry < now, in whole seconds), and resending clamps the
+// Message Expiry to 1: a device waking up to two seconds after a
+// request's TTL would get it. Here a message goes once its expiry second
+// has begun, never later than its TTL.
+func (h *limitsHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	if h.srv == nil {
+		return
+	}
+	if old, ok := h.srv.Clients.Get(cl.ID); ok && old != cl {
+		// Expiry < now+1 is Expiry <= now; 0 disables the maximum age,
+		// which mochi's sweep applies.
+		old.ClearExpiredInflights(time.Now().Unix()+1, 0)
+	}
 }
 
 // OnSubscribed wakes the requests waiting for a responder; each checks

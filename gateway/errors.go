@@ -52,6 +52,7 @@ const (
 	FieldQoS          Field = "qos"
 	FieldContentType  Field = "content type"
 	FieldUserProperty Field = "user property"
+	FieldTTL          Field = "ttl"
 )
 
 // InvalidError says which part of a Request is invalid and why. It matches

@@ -46,11 +46,38 @@ type Config struct {
 	// properties, in bytes; a larger reply fails its request with
 	// ErrReplyTooLarge. Default DefaultMaxReply.
 	MaxReply int
-	Logger   *slog.Logger
+	// ResultTTL is how long a finished request's record is kept, and how
+	// long a timed-out synchronous request waits for a late reply.
+	// Default DefaultResultTTL.
+	ResultTTL time.Duration
+	// MaxRecords and MaxRecordBytes bound the request records; beyond
+	// them new ones are refused with ErrStoreFull. Defaults 100,000 and
+	// 256 MiB.
+	MaxRecords     int
+	MaxRecordBytes int64
+	// SoleGateway says no other gateway shares the broker (the embedded
+	// broker): this one publishes every request that waits for a
+	// responder, its own from before a restart included.
+	SoleGateway bool
+	// LocalRecords keeps request records in this process only, not as
+	// retained messages in the broker: for an embedded broker that
+	// doesn't persist anything, where no other replica could read them
+	// and none would survive a restart anyway. It saves the broker a
+	// retained message per record (mochi copies all of them once a
+	// second to find the expired ones).
+	LocalRecords bool
+	Logger       *slog.Logger
 }
 
 // DefaultMaxReply is the default Config.MaxReply: 4 MiB.
 const DefaultMaxReply = 4 << 20
+
+// DefaultResultTTL is the default Config.ResultTTL.
+const DefaultResultTTL = 10 * time.Minute
+
+// ShareGroup is the shared-subscription group in which the replicas take
+// the replies to async requests: each reply reaches one of them.
+const ShareGroup = "mqttgw"
 
 func (c *Config) setDefaults() error {
 	if c.ResponsePrefix == "" {
@@ -72,6 +99,9 @@ func (c *Config) setDefaults() error {
 	if strings.ContainsAny(c.InstanceID, "/+#") {
 		return fmt.Errorf("instance id %q must be a single topic level without wildcards", c.InstanceID)
 	}
+	if c.InstanceID == asyncLevel || c.InstanceID == recordsLevel {
+		return fmt.Errorf("instance id %q is reserved", c.InstanceID)
+	}
 	if c.DefaultTimeout <= 0 {
 		c.DefaultTimeout = DefaultTimeout
 	}
@@ -80,6 +110,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxReply <= 0 {
 		c.MaxReply = DefaultMaxReply
+	}
+	if c.ResultTTL <= 0 {
+		c.ResultTTL = DefaultResultTTL
+	}
+	if c.MaxRecords <= 0 {
+		c.MaxRecords = 100_000
+	}
+	if c.MaxRecordBytes <= 0 {
+		c.MaxRecordBytes = 256 << 20
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -93,14 +132,27 @@ func NewInstanceID() string {
 	return strings.ReplaceAll(uuid.NewString(), "-", "")[:16]
 }
 
+// The levels under the response prefix besides the instances' own:
+// replies to async requests, and the request records. Responders may
+// publish one level under the prefix; only gateways may publish deeper.
+const (
+	asyncLevel   = "async"
+	recordsLevel = "records"
+)
+
 // Gateway turns requests into MQTT v5 publishes and waits for their replies.
 // All its methods are safe to be called concurrently.
 type Gateway struct {
 	cfg           Config
 	transport     Transport
 	responseTopic string
+	asyncTopic    string
 	log           *slog.Logger
 	pending       *pendingMap
+	records       *recordStore
+	waitingKick   chan struct{}
+	stop          context.CancelFunc
+	loops         sync.WaitGroup
 
 	// connected is true between ConnectionUp and ConnectionDown.
 	connected atomic.Bool
@@ -115,20 +167,48 @@ func New(cfg Config, t Transport) (*Gateway, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	return &Gateway{
+	g := &Gateway{
 		cfg:           cfg,
 		transport:     t,
 		responseTopic: cfg.ResponsePrefix + "/" + cfg.InstanceID,
+		asyncTopic:    cfg.ResponsePrefix + "/" + asyncLevel,
 		log:           cfg.Logger,
 		pending:       newPendingMap(cfg.RememberFinished),
-	}, nil
+		records:       newRecordStore(cfg.Logger, cfg.ResponsePrefix+"/"+recordsLevel+"/", cfg.ResultTTL, cfg.MaxRecords, cfg.MaxRecordBytes),
+		waitingKick:   make(chan struct{}, 1),
+		stop:          func() {},
+	}
+	if !cfg.LocalRecords {
+		g.records.write = t.Publish
+	}
+	g.records.onMerged = g.recordMerged
+	return g, nil
 }
 
-// Start connects the transport and makes the response subscription. The
-// gateway is ready once the transport reports the subscription is up; use
-// Ready to check.
+// Start connects the transport and makes the response subscriptions: this
+// instance's own, the async replies' (shared by the replicas) and the
+// request records'. The gateway is ready once the transport reports them
+// up; use Ready to check.
 func (g *Gateway) Start(ctx context.Context) error {
-	return g.transport.Connect(ctx, g.responseTopic, g)
+	loopCtx, stop := context.WithCancel(context.Background())
+	g.stop = stop
+	for _, loop := range []func(context.Context){g.records.runWriter, g.records.runExpiry, g.runWaiting} {
+		g.loops.Add(1)
+		go func() {
+			defer g.loops.Done()
+			loop(loopCtx)
+		}()
+	}
+	filters := []string{g.responseTopic, "$share/" + ShareGroup + "/" + g.asyncTopic}
+	if !g.cfg.LocalRecords {
+		filters = append(filters, g.records.prefix+"#")
+	}
+	if err := g.transport.Connect(ctx, filters, g); err != nil {
+		stop()
+		g.loops.Wait()
+		return err
+	}
+	return nil
 }
 
 // ResponseTopic is the topic this instance receives its replies on.
@@ -150,8 +230,11 @@ func (g *Gateway) Ready() error {
 
 // Request publishes req with a fresh Response Topic and Correlation Data
 // and waits for the matching reply until ctx ends, or for the configured
-// default timeout if ctx has no deadline.
+// default timeout if ctx has no deadline. When no reply came in time, the
+// error is a *TimeoutError, and a reply that comes within the result TTL
+// is kept in the request's record.
 func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
+	created := time.Now()
 	ctx, cancel, err := g.begin(ctx, &req)
 	if err != nil {
 		return Reply{}, err
@@ -159,6 +242,21 @@ func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
 	defer cancel()
 	deadline, _ := ctx.Deadline()
 	id := uuid.NewString()
+	if req.IdempotencyKey != "" {
+		if reply, done, err := g.claimKey(ctx, id, &req, created, deadline); done {
+			return reply, err
+		}
+	}
+	reply, published, err := g.request(ctx, id, &req, created, deadline)
+	if req.IdempotencyKey != "" {
+		g.settleKey(id, reply, published, err)
+	}
+	return reply, err
+}
+
+// request publishes req under id and waits for its reply; published
+// says whether it may have reached a responder.
+func (g *Gateway) request(ctx context.Context, id string, req *Request, created, deadline time.Time) (reply Reply, published bool, err error) {
 	// Register before publishing: a fast responder may answer before
 	// Publish returns. Once the request has its result, a publish still
 	// waiting for its acknowledgement is of no use: pubCtx ends it.
@@ -166,7 +264,7 @@ func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
 	defer stopPublish()
 	ch, ok := g.pending.add(id, stopPublish)
 	if !ok {
-		return Reply{}, ErrClosed
+		return Reply{}, false, ErrClosed
 	}
 	err = g.publish(pubCtx, &Message{
 		Topic:           req.Topic,
@@ -182,24 +280,108 @@ func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
 		if !g.pending.remove(id) {
 			// The request got its reply, or failed (the connection was
 			// lost), while the publish waited: that is its outcome.
-			return (<-ch).reply()
+			reply, err = (<-ch).reply()
+			return reply, true, err
 		}
-		return Reply{}, notAcknowledged(err)
+		return Reply{}, false, notAcknowledged(err)
 	}
 
 	select {
 	case r := <-ch:
-		return r.reply()
+		reply, err = r.reply()
+		return reply, true, err
 	case <-ctx.Done():
+		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			if !g.pending.remove(id) {
+				reply, err = (<-ch).reply()
+				return reply, true, err
+			}
+			return Reply{}, true, fmt.Errorf("gateway: request abandoned: %w", ctx.Err())
+		}
+		// The record goes in before the request leaves the pending map,
+		// so that a reply in between is not lost: it either still
+		// reaches ch, or finds the record. A request with an
+		// idempotency key has had its record from the start.
+		kept := req.IdempotencyKey != "" || g.keepTimedOut(id, req, created)
 		if !g.pending.remove(id) {
 			// A reply or failure won the race with the deadline; it is
 			// already in ch, and the responder did its work: use it.
-			return (<-ch).reply()
+			if kept && req.IdempotencyKey == "" {
+				g.records.remove(context.WithoutCancel(ctx), id)
+			}
+			reply, err = (<-ch).reply()
+			return reply, true, err
 		}
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return Reply{}, fmt.Errorf("%w: no reply on %q within %s", ErrTimeout, req.Topic, waited(start, deadline))
+		msg := fmt.Sprintf("%s: no reply on %q within %s", ErrTimeout, req.Topic, waited(start, deadline))
+		return Reply{}, true, &TimeoutError{ID: id, Kept: kept, msg: msg}
+	}
+}
+
+// claimKey records a synchronous request with an idempotency key before
+// it is published; the record stays open for a late reply until the
+// result TTL after the call's deadline. When the key is taken already it
+// reports done, with the first request's outcome.
+func (g *Gateway) claimKey(ctx context.Context, id string, req *Request, created, deadline time.Time) (Reply, bool, error) {
+	now := time.Now()
+	rec := Record{
+		ID: id, Owner: req.Owner, Topic: req.Topic, State: StatePublished,
+		Created: created, Expires: deadline.Add(g.cfg.ResultTTL), Updated: now, CallEnds: deadline,
+		IdempotencyKey: req.IdempotencyKey, Fingerprint: req.Fingerprint, Replica: g.cfg.InstanceID,
+	}
+	first, found, err := g.records.insert(&rec)
+	switch {
+	case err != nil:
+		return Reply{}, true, err
+	case !found:
+		if err := g.storeNew(ctx, &rec); err != nil {
+			g.records.remove(context.WithoutCancel(ctx), id)
+			return Reply{}, true, notAcknowledged(err)
 		}
-		return Reply{}, fmt.Errorf("gateway: request abandoned: %w", ctx.Err())
+		return Reply{}, false, nil
+	case first.Async || first.Fingerprint != req.Fingerprint:
+		return Reply{}, true, fmt.Errorf("%w: key %q was first used for another request", ErrIdempotencyMismatch, req.IdempotencyKey)
+	}
+	switch st := first.stateAt(now); {
+	case st == StateAnswered:
+		return *first.Reply, true, nil
+	case !st.Final() && now.Before(first.CallEnds):
+		return Reply{}, true, fmt.Errorf("%w: key %q", ErrIdempotencyInFlight, req.IdempotencyKey)
+	case !st.Final() || st == StateExpired:
+		return Reply{}, true, &TimeoutError{ID: first.ID, Kept: true,
+			msg: fmt.Sprintf("%s: the first request with idempotency key %q got no reply in time", ErrTimeout, req.IdempotencyKey)}
+	default:
+		return Reply{}, true, fmt.Errorf("%w: the first request with idempotency key %q is %s", ErrRecordFinal, req.IdempotencyKey, st)
+	}
+}
+
+// settleKey stores the outcome of a request with an idempotency key. A
+// reply is kept for repeats. A timeout, or a client that went away, leaves
+// the record open for a late reply. A request that never reached the
+// broker frees its key for a retry; any other failure after publishing
+// (the responder may have acted) ends the record as failed.
+func (g *Gateway) settleKey(id string, reply Reply, published bool, err error) {
+	now := time.Now()
+	switch {
+	case err == nil:
+		g.records.update(id, func(r *Record) bool {
+			if r.State.Final() {
+				return false
+			}
+			r.State, r.Reply = StateAnswered, &reply
+			return true
+		})
+	case !published:
+		g.records.remove(context.Background(), id)
+	case errors.Is(err, ErrTimeout) || errors.Is(err, context.Canceled):
+		g.records.update(id, func(r *Record) bool {
+			if r.State.Final() || !now.Before(r.CallEnds) {
+				return false
+			}
+			r.CallEnds = now
+			return true
+		})
+	default:
+		g.failRecord(id, err)
 	}
 }
 
@@ -346,16 +528,83 @@ func (g *Gateway) check(req *Request) error {
 	return nil
 }
 
-// HandleReply matches a message from the response topic to its waiting
-// request. Transports call it; it never blocks.
+// HandleReply takes a message from one of the gateway's subscriptions: a
+// reply to a waiting or timed-out synchronous request, a reply to an
+// async request, or a request record. Transports call it; it never blocks.
 func (g *Gateway) HandleReply(m *Message) {
+	switch {
+	case m.Topic == g.responseTopic:
+		g.handleSyncReply(m)
+	case m.Topic == g.asyncTopic:
+		g.handleAsyncReply(m)
+	case strings.HasPrefix(m.Topic, g.records.prefix):
+		g.records.merge(m)
+	default:
+		g.pending.unknown.Add(1)
+	}
+}
+
+func (g *Gateway) handleSyncReply(m *Message) {
+	id := string(m.CorrelationData)
+	r := result{msg: m}
 	if n := replySize(m); n > g.cfg.MaxReply {
-		if g.pending.deliver(string(m.CorrelationData), result{err: fmt.Errorf("%w: the reply is %d bytes; at most %d are allowed", ErrReplyTooLarge, n, g.cfg.MaxReply)}) {
-			g.oversized.Add(1)
+		r = result{err: fmt.Errorf("%w: the reply is %d bytes; at most %d are allowed", ErrReplyTooLarge, n, g.cfg.MaxReply)}
+	}
+	var kept bool
+	delivered := g.pending.deliver(id, r, func() bool {
+		// A late reply to a request that timed out and kept its record.
+		if r.err != nil {
+			kept = g.failRecord(id, r.err)
+			return kept
 		}
+		switch g.records.answer(id, m, false) {
+		case replyStored:
+			kept = true
+		case replyCanceled:
+			// Counted as such by the store.
+		case replyDuplicate:
+			g.pending.duplicates.Add(1)
+		case replyLate:
+			g.pending.late.Add(1)
+		default:
+			return false // the pending map counts it
+		}
+		return true
+	})
+	if r.err != nil && (delivered || kept) {
+		g.oversized.Add(1)
+	}
+}
+
+func (g *Gateway) handleAsyncReply(m *Message) {
+	id := string(m.CorrelationData)
+	if n := replySize(m); n > g.cfg.MaxReply {
+		g.oversized.Add(1)
+		g.failRecord(id, fmt.Errorf("%w: the reply is %d bytes; at most %d are allowed", ErrReplyTooLarge, n, g.cfg.MaxReply))
 		return
 	}
-	g.pending.deliver(string(m.CorrelationData), result{msg: m})
+	// Another replica may have written the record a moment ago; on the
+	// embedded broker every record is here already.
+	switch g.records.answer(id, m, !g.cfg.SoleGateway) {
+	case replyDuplicate:
+		g.pending.duplicates.Add(1)
+	case replyLate:
+		g.pending.late.Add(1)
+	case replyUnknown:
+		g.pending.unknown.Add(1)
+	}
+}
+
+// failRecord ends an open record with err; it reports whether there was one.
+func (g *Gateway) failRecord(id string, err error) bool {
+	_, ok := g.records.update(id, func(r *Record) bool {
+		if r.State.Final() {
+			return false
+		}
+		r.State, r.Error = StateFailed, err.Error()
+		return true
+	})
+	return ok
 }
 
 // replySize is what of a reply reaches the HTTP response.
@@ -372,6 +621,7 @@ func replySize(m *Message) int {
 func (g *Gateway) ConnectionUp() {
 	g.connects.Add(1)
 	g.connected.Store(true)
+	g.kickWaiting()
 	g.log.Info("broker connection up", "response_topic", g.responseTopic)
 }
 
@@ -391,6 +641,11 @@ func (g *Gateway) Close(ctx context.Context) error {
 	g.closeOnce.Do(func() {
 		g.closed.Store(true)
 		g.pending.failAll(fmt.Errorf("%w: the gateway is shutting down", ErrClosed), true)
+		g.stop()
+		g.loops.Wait()
+		// Records changed since the last write (replies, cancels) are
+		// written while the connection is still there.
+		g.records.flush(ctx)
 		g.connected.Store(false)
 		err = g.transport.Close(ctx)
 	})

@@ -24,7 +24,7 @@ type fakeTransport struct {
 
 func newFake() *fakeTransport { return &fakeTransport{published: make(chan *Message, 16)} }
 
-func (f *fakeTransport) Connect(_ context.Context, _ string, h Handler) error {
+func (f *fakeTransport) Connect(_ context.Context, _ []string, h Handler) error {
 	f.mu.Lock()
 	f.h = h
 	f.mu.Unlock()
@@ -33,6 +33,9 @@ func (f *fakeTransport) Connect(_ context.Context, _ string, h Handler) error {
 }
 
 func (f *fakeTransport) Publish(_ context.Context, m *Message) error {
+	if m.Retain {
+		return nil // a request record: these tests watch requests
+	}
 	if f.err != nil {
 		return f.err
 	}
@@ -42,7 +45,7 @@ func (f *fakeTransport) Publish(_ context.Context, m *Message) error {
 
 func (f *fakeTransport) Close(context.Context) error { return nil }
 
-func newTestGateway(t *testing.T, f *fakeTransport) *Gateway {
+func newTestGateway(t *testing.T, f Transport) *Gateway {
 	t.Helper()
 	g, err := New(Config{InstanceID: "test", RememberFinished: 8}, f)
 	if err != nil {
@@ -125,7 +128,7 @@ func TestRequestPublishesWithResponseTopicAndCorrelation(t *testing.T) {
 		t.Errorf("user properties %v", m.UserProperties)
 	}
 
-	g.HandleReply(&Message{CorrelationData: m.CorrelationData, Payload: []byte("ho"), ContentType: "x/y",
+	g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData, Payload: []byte("ho"), ContentType: "x/y",
 		UserProperties: []UserProperty{{"k", "v"}}})
 	o := wait(t, out)
 	if o.err != nil || string(o.reply.Payload) != "ho" || o.reply.ContentType != "x/y" || o.reply.UserProperties[0].Value != "v" {
@@ -144,7 +147,7 @@ func TestCorrelationDataIsUnique(t *testing.T) {
 			t.Fatalf("correlation data %q reused", m.CorrelationData)
 		}
 		seen[string(m.CorrelationData)] = true
-		g.HandleReply(&Message{CorrelationData: m.CorrelationData})
+		g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData})
 		wait(t, out)
 	}
 }
@@ -153,31 +156,40 @@ func TestLateDuplicateAndUnknownReplies(t *testing.T) {
 	f := newFake()
 	g := newTestGateway(t, f)
 
-	// Late: the request timed out before the reply came.
+	// Late: the request timed out before the reply came; the reply is
+	// kept in the request's record.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	m, out := request(t, g, f, ctx, Request{Topic: "slow"})
-	if o := wait(t, out); !errors.Is(o.err, ErrTimeout) {
-		t.Fatalf("got %v, want ErrTimeout", o.err)
+	o := wait(t, out)
+	var te *TimeoutError
+	if !errors.As(o.err, &te) || !te.Kept || te.ID != string(m.CorrelationData) {
+		t.Fatalf("got %#v, want a TimeoutError keeping record %s", o.err, m.CorrelationData)
 	}
 	assertEmpty(t, g)
-	g.HandleReply(&Message{CorrelationData: m.CorrelationData})
+	g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData, Payload: []byte("late")})
+	if rec, err := g.Lookup("", te.ID); err != nil || rec.State != StateAnswered || string(rec.Reply.Payload) != "late" {
+		t.Fatalf("record %+v, %v; want the late reply answered", rec, err)
+	}
+	if _, err := g.Lookup("someone-else", te.ID); !errors.Is(err, ErrRecordNotFound) {
+		t.Fatalf("another owner's lookup: %v, want ErrRecordNotFound", err)
+	}
 
 	// Duplicate: the first reply wins, the second is dropped.
 	m, out = request(t, g, f, context.Background(), Request{Topic: "dup"})
-	g.HandleReply(&Message{CorrelationData: m.CorrelationData, Payload: []byte("first")})
-	g.HandleReply(&Message{CorrelationData: m.CorrelationData, Payload: []byte("second")})
+	g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData, Payload: []byte("first")})
+	g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData, Payload: []byte("second")})
 	if o := wait(t, out); string(o.reply.Payload) != "first" {
 		t.Fatalf("got %q, want the first reply", o.reply.Payload)
 	}
 
 	// Unknown: nobody ever asked.
-	g.HandleReply(&Message{CorrelationData: []byte("nobody-asked")})
-	g.HandleReply(&Message{})
+	g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: []byte("nobody-asked")})
+	g.HandleReply(&Message{Topic: g.ResponseTopic()})
 
 	st := g.Stats()
-	if st.Late != 1 || st.Duplicates != 1 || st.Unknown != 2 || st.Pending != 0 {
-		t.Fatalf("stats %+v, want 1 late, 1 duplicate, 2 unknown, 0 pending", st)
+	if st.Late != 0 || st.Duplicates != 1 || st.Unknown != 2 || st.Pending != 0 {
+		t.Fatalf("stats %+v, want 0 late (the late reply was kept), 1 duplicate, 2 unknown, 0 pending", st)
 	}
 }
 
@@ -190,14 +202,14 @@ func TestRecentIDsAreBounded(t *testing.T) {
 		if i == 0 {
 			first = m.CorrelationData
 		}
-		g.HandleReply(&Message{CorrelationData: m.CorrelationData})
+		g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData})
 		wait(t, out)
 	}
 	if n := len(g.pending.recentKind); n != 8 {
 		t.Fatalf("remembers %d ids, want 8", n)
 	}
 	// Forgotten long ago: counted as unknown, not duplicate.
-	g.HandleReply(&Message{CorrelationData: first})
+	g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: first})
 	if st := g.Stats(); st.Unknown != 1 || st.Duplicates != 0 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -214,7 +226,7 @@ func TestCancelBeforeReply(t *testing.T) {
 		t.Fatalf("got %v, want context.Canceled", o.err)
 	}
 	assertEmpty(t, g)
-	g.HandleReply(&Message{CorrelationData: m.CorrelationData})
+	g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData})
 	if st := g.Stats(); st.Late != 1 {
 		t.Fatalf("stats %+v, want the reply counted late", st)
 	}
@@ -333,4 +345,61 @@ func TestExpirySeconds(t *testing.T) {
 			t.Errorf("expirySeconds(%s) = %d, want %d", tt.left, got, tt.want)
 		}
 	}
+}
+
+// A synchronous request with an idempotency key: a repeat while it waits
+// is refused, its late reply is kept after the timeout, and a repeat then
+// gets that reply without publishing again.
+func TestIdempotentRequestKeepsItsLateReply(t *testing.T) {
+	f := newFake()
+	g := newTestGateway(t, f)
+	req := Request{Topic: "pay", Owner: "k", IdempotencyKey: "order-1", Fingerprint: "fp"}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	m, out := request(t, g, f, ctx, req)
+	if _, err := g.Request(context.Background(), req); !errors.Is(err, ErrIdempotencyInFlight) {
+		t.Fatalf("repeat in flight: %v, want ErrIdempotencyInFlight", err)
+	}
+	var te *TimeoutError
+	if o := wait(t, out); !errors.As(o.err, &te) || !te.Kept || te.ID != string(m.CorrelationData) {
+		t.Fatalf("first call: %v, want a timeout keeping its record", o.err)
+	}
+	time.Sleep(200 * time.Millisecond) // well past the call's deadline
+	if _, err := g.Request(context.Background(), req); !errors.As(err, &te) || te.ID != string(m.CorrelationData) {
+		t.Fatalf("repeat after the timeout: %v, want the first one's 504", err)
+	}
+	g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData, Payload: []byte("late")})
+	reply, err := g.Request(context.Background(), req)
+	if err != nil || string(reply.Payload) != "late" {
+		t.Fatalf("repeat after the late reply: %q %v", reply.Payload, err)
+	}
+	other := req
+	other.Fingerprint = "other"
+	if _, err := g.Request(context.Background(), other); !errors.Is(err, ErrIdempotencyMismatch) {
+		t.Fatalf("another request with the key: %v", err)
+	}
+	select {
+	case m := <-f.published:
+		t.Fatalf("a repeat was published: %+v", m)
+	default:
+	}
+	if st := g.Stats(); st.Late+st.Unknown+st.Duplicates != 0 {
+		t.Fatalf("the late reply was counted as lost: %+v", st)
+	}
+}
+
+// A request with an idempotency key that never reached the broker frees
+// its key: the retry is published.
+func TestIdempotencyKeyFreedWhenNotPublished(t *testing.T) {
+	f := newFake()
+	f.err = ErrNoResponders
+	g := newTestGateway(t, f)
+	req := Request{Topic: "pay", IdempotencyKey: "order-2", Fingerprint: "fp"}
+	if _, err := g.Request(context.Background(), req); !errors.Is(err, ErrNoResponders) {
+		t.Fatalf("got %v", err)
+	}
+	f.err = nil
+	_, out := request(t, g, f, context.Background(), req)
+	g.Close(context.Background())
+	wait(t, out)
 }

@@ -24,7 +24,7 @@ func TestReplyLargerThanMaxReplyFailsTheRequest(t *testing.T) {
 
 	// At the bound, counting payload, content type and properties: taken.
 	m, out := request(t, g, f, context.Background(), Request{Topic: "svc"})
-	g.HandleReply(&Message{CorrelationData: m.CorrelationData, Payload: bytes.Repeat([]byte("x"), 990),
+	g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData, Payload: bytes.Repeat([]byte("x"), 990),
 		ContentType: "text/x", UserProperties: []UserProperty{{Key: "k", Value: "vwx"}}})
 	if o := wait(t, out); o.err != nil || len(o.reply.Payload) != 990 {
 		t.Fatalf("reply at the bound: %d bytes, %v", len(o.reply.Payload), o.err)
@@ -32,7 +32,7 @@ func TestReplyLargerThanMaxReplyFailsTheRequest(t *testing.T) {
 
 	// One byte over: refused, counted, the entry removed.
 	m, out = request(t, g, f, context.Background(), Request{Topic: "svc"})
-	g.HandleReply(&Message{CorrelationData: m.CorrelationData, Payload: bytes.Repeat([]byte("x"), 990),
+	g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData, Payload: bytes.Repeat([]byte("x"), 990),
 		ContentType: "text/x", UserProperties: []UserProperty{{Key: "k", Value: "vwxy"}}})
 	o := wait(t, out)
 	if !errors.Is(o.err, ErrReplyTooLarge) || !strings.Contains(o.err.Error(), "1001 bytes; at most 1000") {
@@ -43,7 +43,7 @@ func TestReplyLargerThanMaxReplyFailsTheRequest(t *testing.T) {
 	}
 	// A second oversized reply to the same request is a duplicate, not
 	// another refusal.
-	g.HandleReply(&Message{CorrelationData: m.CorrelationData, Payload: make([]byte, 5000)})
+	g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData, Payload: make([]byte, 5000)})
 	if s := g.Stats(); s.Oversized != 1 || s.Duplicates != 1 {
 		t.Fatalf("stats %+v, want 1 oversized and 1 duplicate", s)
 	}
@@ -99,12 +99,11 @@ func (f *noResponders) Publish(ctx context.Context, m *Message) error {
 
 func TestWaitForResponderRetries(t *testing.T) {
 	f := &noResponders{fakeTransport: newFake(), refuse: 3}
-	g := newTestGateway(t, f.fakeTransport)
-	g.transport = f
+	g := newTestGateway(t, f)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	m, out := request(t, g, f.fakeTransport, ctx, Request{Topic: "svc", WaitForResponder: 5 * time.Second})
-	g.HandleReply(&Message{CorrelationData: m.CorrelationData, Payload: []byte("late but there")})
+	g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData, Payload: []byte("late but there")})
 	if o := wait(t, out); o.err != nil || string(o.reply.Payload) != "late but there" {
 		t.Fatalf("got %q, %v", o.reply.Payload, o.err)
 	}
@@ -122,8 +121,7 @@ func TestWaitForResponderRetries(t *testing.T) {
 
 func TestWaitForResponderGivesUp(t *testing.T) {
 	f := &noResponders{fakeTransport: newFake(), refuse: 1 << 30}
-	g := newTestGateway(t, f.fakeTransport)
-	g.transport = f
+	g := newTestGateway(t, f)
 	start := time.Now()
 	_, err := g.Request(context.Background(), Request{Topic: "svc", WaitForResponder: 300 * time.Millisecond})
 	if !errors.Is(err, ErrNoResponders) || !strings.Contains(err.Error(), "within the 300ms waited") {
@@ -148,8 +146,7 @@ func TestWaitForResponderGivesUp(t *testing.T) {
 
 func TestPublicationIsTakenWithoutSubscribers(t *testing.T) {
 	f := &noResponders{fakeTransport: newFake(), refuse: 1}
-	g := newTestGateway(t, f.fakeTransport)
-	g.transport = f
+	g := newTestGateway(t, f)
 	// PUBACK 0x10 is a success: the broker took it, nobody listens now.
 	if err := g.Publish(context.Background(), Publication{Topic: "lamps/1", TTL: 1500 * time.Millisecond}); err != nil {
 		t.Fatalf("Publish with nobody subscribed: %v", err)

@@ -27,6 +27,14 @@ type Request struct {
 	// is subscribed to Topic, instead of failing with ErrNoResponders at
 	// once; it comes out of the request's deadline. Zero: no wait.
 	WaitForResponder time.Duration
+	// Owner is the API key making the request; only it may read the
+	// request's record. "" without auth.
+	Owner string
+	// IdempotencyKey, when set, makes a repeat of the request within the
+	// result TTL get the first one's outcome instead of being published
+	// again; Fingerprint (a hash of everything the request says) tells a
+	// repeat from a different request with the same key.
+	IdempotencyKey, Fingerprint string
 }
 
 // Publication is a message published without waiting for a reply: no
@@ -68,12 +76,14 @@ type Message struct {
 // gateway calls Connect once, then Publish concurrently from many
 // goroutines, then Close once.
 type Transport interface {
-	// Connect subscribes to responseTopic and delivers every message
-	// published there to h, now and after every reconnect. It reports
-	// h.ConnectionUp once the subscription is acknowledged and
+	// Connect subscribes to filters and delivers every message published
+	// there to h, now and after every reconnect. A "$share/" filter is
+	// shared by the replicas on one broker; a transport that serves one
+	// gateway alone may subscribe to its plain form. It reports
+	// h.ConnectionUp once the subscriptions are acknowledged and
 	// h.ConnectionDown when the connection is lost. It returns once the
 	// first connection attempt is under way; ctx bounds only that start.
-	Connect(ctx context.Context, responseTopic string, h Handler) error
+	Connect(ctx context.Context, filters []string, h Handler) error
 	// Publish sends m. It returns ErrNoResponders when the broker says (or
 	// the transport knows) that nobody is subscribed to m.Topic; a
 	// message with a ResponseTopic, which expects a reply, is then not
@@ -92,6 +102,8 @@ type SubscriberWaiter interface {
 	// WaitForSubscriber returns once a subscription matches topic, or
 	// with ctx's error when ctx ends first.
 	WaitForSubscriber(ctx context.Context, topic string) error
+	// Subscribed returns a channel closed at the next new subscription.
+	Subscribed() <-chan struct{}
 }
 
 // Handler receives what a Transport reads from the broker. Its methods may

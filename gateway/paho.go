@@ -119,7 +119,7 @@ type pahoTransport struct {
 	maxPacket uint32
 }
 
-func (t *pahoTransport) Connect(_ context.Context, responseTopic string, h Handler) error {
+func (t *pahoTransport) Connect(_ context.Context, filters []string, h Handler) error {
 	// The connection manager lives until Close, not until the caller's
 	// start-up context ends.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -151,7 +151,7 @@ func (t *pahoTransport) Connect(_ context.Context, responseTopic string, h Handl
 			t.wg.Add(1)
 			go func() {
 				defer t.wg.Done()
-				t.subscribe(ctx, cm, epoch, responseTopic, h)
+				t.subscribe(ctx, cm, epoch, filters, h)
 			}()
 		},
 		OnConnectionDown: func() bool {
@@ -214,21 +214,32 @@ func (t *pahoTransport) Connect(_ context.Context, responseTopic string, h Handl
 	return nil
 }
 
-// subscribe makes the response subscription for connection epoch and
-// reports the gateway ready once the broker has granted it.
-func (t *pahoTransport) subscribe(ctx context.Context, cm *autopaho.ConnectionManager, epoch uint64, topic string, h Handler) {
+// subscribe makes the response subscriptions for connection epoch and
+// reports the gateway ready once the broker has granted them all.
+func (t *pahoTransport) subscribe(ctx context.Context, cm *autopaho.ConnectionManager, epoch uint64, filters []string, h Handler) {
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.ConnectTimeout)
 	defer cancel()
-	sa, err := cm.Subscribe(ctx, &paho.Subscribe{
-		Subscriptions: []paho.SubscribeOptions{{Topic: topic, QoS: 1, NoLocal: true}},
-	})
-	if err == nil && len(sa.Reasons) > 0 && sa.Reasons[0] >= 0x80 {
-		err = fmt.Errorf("reason code 0x%02x", sa.Reasons[0])
+	subs := make([]paho.SubscribeOptions, len(filters))
+	for i, f := range filters {
+		// NoLocal: the gateway's own publishes (its records) are applied
+		// when written; the broker need not send them back. Shared
+		// subscriptions can't have it [MQTT-3.8.3-4].
+		subs[i] = paho.SubscribeOptions{Topic: f, QoS: 1, NoLocal: !IsSharedFilter(f)}
+	}
+	sa, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: subs})
+	if sa != nil {
+		// paho returns the SUBACK with its error; name the filter.
+		for i, code := range sa.Reasons {
+			if code >= 0x80 && i < len(filters) {
+				err = fmt.Errorf("reason code 0x%02x for %s", code, filters[i])
+				break
+			}
+		}
 	}
 	if err != nil {
 		// Readiness stays 503; the broker's refusal is an operator's
 		// problem (typically an ACL) that a retry won't fix.
-		t.log.Error("response subscription refused; the gateway stays unready", "topic", topic, "error", err)
+		t.log.Error("response subscription refused; the gateway stays unready", "filters", filters, "error", err)
 		return
 	}
 	t.mu.Lock()

@@ -84,10 +84,11 @@ func (p *pendingMap) remove(id string) bool {
 	return true
 }
 
-// deliver hands r to the request waiting on id without ever blocking, and
-// counts replies that match no waiting request. It reports whether a
-// request was waiting.
-func (p *pendingMap) deliver(id string, r result) bool {
+// deliver hands r to the request waiting on id without ever blocking.
+// When none waits, orElse may take the reply; if it does not, the reply
+// is counted as late, duplicate or unknown. It reports whether a request
+// was waiting.
+func (p *pendingMap) deliver(id string, r result, orElse func() bool) bool {
 	p.mu.Lock()
 	w, ok := p.waiting[id]
 	var kind finish
@@ -105,6 +106,9 @@ func (p *pendingMap) deliver(id string, r result) bool {
 		w.ch <- r
 		w.stop()
 		return true
+	}
+	if orElse != nil && orElse() {
+		return false
 	}
 	switch kind {
 	case answered:

@@ -27,7 +27,8 @@ func Start(tb testing.TB, cfg broker.Config) (*broker.Broker, *gateway.Gateway) 
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { b.Close() })
-	g, err := gateway.New(gateway.Config{}, b.Transport())
+	// The one gateway on its embedded broker, as mqttgw runs it.
+	g, err := gateway.New(gateway.Config{SoleGateway: true}, b.Transport())
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -46,6 +46,9 @@ type config struct {
 	MaxReply int
 	// BrokerKeepAlive is the keep-alive of the external broker link.
 	BrokerKeepAlive time.Duration
+	// MaxRecords and MaxRecordBytes bound the request records.
+	MaxRecords     int
+	MaxRecordBytes int64
 	// MQTT is the embedded broker's listeners, users file and limits;
 	// its TLS and response prefix are set from the fields above, which
 	// the HTTP side and the gateway share.
@@ -67,6 +70,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 		maxHeader:   byteSize(64 << 10),
 		maxReply:    byteSize(gateway.DefaultMaxReply),
 		writeBuffer: byteSize(broker.DefaultWriteBuffer),
+		recordBytes: byteSize(256 << 20),
 		slow:        string(broker.SlowDrop),
 		qos:         uint(cfg.API.DefaultQoS),
 	}
@@ -95,11 +99,11 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (c
 // rawFlags hold the flags that need converting or checking before they
 // reach config.
 type rawFlags struct {
-	maxBody, maxHeader, maxReply, writeBuffer byteSize
-	slow, trustedProxies                      string
-	brokerCA, brokerCert, brokerKey           string
-	tlsCert, tlsKey                           string
-	qos                                       uint
+	maxBody, maxHeader, maxReply, writeBuffer, recordBytes byteSize
+	slow, trustedProxies                                   string
+	brokerCA, brokerCert, brokerKey                        string
+	tlsCert, tlsKey                                        string
+	qos                                                    uint
 }
 
 // flagSet defines every flag, writing into cfg and raw.
@@ -118,6 +122,12 @@ func flagSet(cfg *config, raw *rawFlags) *flag.FlagSet {
 	fs.StringVar(&cfg.MQTT.WSAddr, "ws-addr", "", `embedded broker's MQTT-over-WebSocket listen address ("" = none)`)
 	fs.DurationVar(&cfg.API.DefaultTimeout, "timeout", cfg.API.DefaultTimeout, "default per-request timeout (a request's ?timeout overrides it)")
 	fs.DurationVar(&cfg.API.MaxTimeout, "max-timeout", cfg.API.MaxTimeout, "largest ?timeout a client may ask for")
+	fs.DurationVar(&cfg.API.DefaultTTL, "ttl", cfg.API.DefaultTTL, "default TTL of an async request (Prefer: respond-async): how long it may wait for a responder and its reply (a request's ?ttl overrides it)")
+	fs.DurationVar(&cfg.API.MaxTTL, "max-ttl", cfg.API.MaxTTL, "largest ?ttl a client may ask for")
+	fs.DurationVar(&cfg.API.ResultTTL, "result-ttl", cfg.API.ResultTTL, "how long a request's record and reply are kept after it ends, and how long a timed-out request (504) waits for a late reply")
+	fs.IntVar(&cfg.MaxRecords, "max-records", 100_000, "most request records kept (async requests, timed-out ones, idempotency keys); beyond it 503 store-full")
+	fs.Var(&raw.recordBytes, "max-record-bytes", "most bytes of request records kept, payloads and replies included; beyond it 503 store-full")
+	fs.StringVar(&cfg.MQTT.DataDir, "data-dir", "", "embedded broker: directory that makes sessions, queued and retained messages and request records survive a restart (\"\" = memory only)")
 	fs.UintVar(&raw.qos, "qos", raw.qos, "default QoS of requests: 0, 1 or 2 (a request's ?qos overrides it)")
 	fs.Var(&raw.maxBody, "max-body", "largest request body, e.g. 1MiB, 512KiB or 65536 (bytes)")
 	fs.Var(&raw.maxHeader, "max-header-bytes", "largest size of a request's headers, request line included")
@@ -148,6 +158,10 @@ func httpLimits(cfg *config, raw *rawFlags) error {
 	cfg.API.MaxBody = int64(raw.maxBody)
 	cfg.MaxHeaderBytes = int(raw.maxHeader)
 	cfg.MaxReply = int(raw.maxReply)
+	cfg.MaxRecordBytes = int64(raw.recordBytes)
+	if cfg.MaxRecords <= 0 {
+		return fmt.Errorf("--max-records must be positive, not %d", cfg.MaxRecords)
+	}
 	if raw.qos > 2 {
 		return fmt.Errorf("--qos must be 0, 1 or 2, not %d", raw.qos)
 	}
@@ -169,6 +183,9 @@ func brokerLimits(cfg *config, raw *rawFlags) error {
 	cfg.MQTT.MaxPacketSize = int(max(raw.maxBody, raw.maxReply)) + broker.PacketHeadroom
 	cfg.MQTT.WriteBuffer = int(raw.writeBuffer)
 	cfg.MQTT.SlowSubscribers = broker.SlowPolicy(raw.slow)
+	// Requests wait in offline sessions up to their TTL, and records are
+	// kept (as retained messages) for the result TTL after that.
+	cfg.MQTT.MaxMessageExpiry = max(24*time.Hour, cfg.API.MaxTTL+cfg.API.ResultTTL)
 	// Zero would mean "the default" to the broker; as a flag it is a mistake.
 	if cfg.MQTT.ConnectTimeout <= 0 || cfg.MQTT.WriteTimeout <= 0 {
 		return errors.New("--mqtt-connect-timeout and --mqtt-write-timeout must be positive")
@@ -207,6 +224,9 @@ func externalBroker(cfg *config, raw *rawFlags) error {
 	}
 	if cfg.Broker == "embedded" {
 		return nil
+	}
+	if cfg.MQTT.DataDir != "" {
+		return errors.New("--data-dir is for the embedded broker; with an external broker the records live in its retained messages, which it persists and replicates")
 	}
 	u, err := url.Parse(cfg.Broker)
 	if err != nil {

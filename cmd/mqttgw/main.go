@@ -119,6 +119,11 @@ func (a *app) startGateway(ctx context.Context, transport gateway.Transport) err
 		InstanceID:     a.cfg.InstanceID,
 		DefaultTimeout: a.cfg.API.DefaultTimeout,
 		MaxReply:       a.cfg.MaxReply,
+		ResultTTL:      a.cfg.API.ResultTTL,
+		MaxRecords:     a.cfg.MaxRecords,
+		MaxRecordBytes: a.cfg.MaxRecordBytes,
+		SoleGateway:    a.broker != nil,
+		LocalRecords:   a.broker != nil && a.cfg.MQTT.DataDir == "",
 		Logger:         a.log.With("component", "gateway"),
 	}, transport)
 	if err != nil {
