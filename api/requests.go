@@ -51,7 +51,7 @@ func newStatusDoc(rec gateway.Record) statusDoc {
 		// Milliseconds, as records travel between replicas: every
 		// replica shows the same document.
 		Created: rec.Created.UTC().Truncate(time.Millisecond), Expires: rec.Expires.UTC().Truncate(time.Millisecond),
-		Updated: rec.Updated.UTC().Truncate(time.Millisecond),
+		Updated:  rec.Updated.UTC().Truncate(time.Millisecond),
 		Location: loc, Error: rec.Error,
 	}
 	if rec.State == gateway.StateAnswered && rec.Reply != nil {
