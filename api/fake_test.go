@@ -17,6 +17,14 @@ type fakeGateway struct {
 	ReadyFn   func() error
 	SubmitFn  func(ctx context.Context, req gateway.Request, ttl time.Duration) (gateway.Record, error)
 	LookupFn  func(owner, id string) (gateway.Record, error)
+	StreamFn  func(ctx context.Context, req gateway.Request, c gateway.Collect, sink gateway.StreamSink) (gateway.StreamEnd, error)
+}
+
+func (g *fakeGateway) Stream(ctx context.Context, req gateway.Request, c gateway.Collect, sink gateway.StreamSink) (gateway.StreamEnd, error) {
+	if g.StreamFn == nil {
+		return gateway.StreamEnd{}, errors.New("fakeGateway: no StreamFn")
+	}
+	return g.StreamFn(ctx, req, c, sink)
 }
 
 func (g *fakeGateway) Submit(ctx context.Context, req gateway.Request, ttl time.Duration) (gateway.Record, error) {

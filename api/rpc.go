@@ -26,6 +26,9 @@ const (
 	// statusProperty is the reply user property a responder sets to choose
 	// the HTTP status, as nats micro's Nats-Service-Error-Code does.
 	statusProperty = "http-status"
+	// reservedPropertyPrefix starts the user properties the gateway
+	// itself sets; a request may not set them.
+	reservedPropertyPrefix = "mqttgw-"
 	rpcPrefix      = "/rpc/"
 	publishPrefix  = "/publish/"
 )
@@ -47,13 +50,26 @@ func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
 		fail(err)
 		return
 	}
-	req, limit, err := s.decodeRequest(w, r, info, prefs.respondAsync)
+	mode, err := replyMode(r.Header)
+	if err != nil {
+		fail(err)
+		return
+	}
+	if mode != modeOne && prefs.respondAsync {
+		fail(&badInput{kind: probInvalidHeader, err: errors.New("a stream can't be async: drop Prefer: respond-async, or ask for one reply (Accept)")})
+		return
+	}
+	req, limit, many, err := s.decodeRequest(w, r, info, prefs.respondAsync)
 	if err != nil {
 		fail(err)
 		return
 	}
 	if prefs.respondAsync {
 		s.submit(w, r, req, limit, prefs, fail)
+		return
+	}
+	if mode != modeOne || many.gather() {
+		s.collect(w, r, req, limit, mode, many, fail)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), limit)
@@ -122,14 +138,26 @@ func (s *Server) admit(w http.ResponseWriter, r *http.Request, info *reqInfo, ou
 	}, true
 }
 
+// manyReplies are the query parameters of a request that takes many
+// replies.
+type manyReplies struct {
+	collect    bool // ?collect= given: gather until then
+	maxReplies int  // ?max-replies=, 0 when not given
+}
+
+// gather reports whether a plain request asks for many replies.
+func (m manyReplies) gather() bool { return m.collect || m.maxReplies > 0 }
+
 // decodeRequest maps an HTTP request to a gateway request and its
-// timeout, or for an async request its TTL. Each takes only its own
-// parameters: a timeout on an async request would be silently ignored.
-func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, info *reqInfo, async bool) (gateway.Request, time.Duration, error) {
+// timeout, or for an async request its TTL, or for one that collects
+// replies its window. Each takes only its own parameters: a timeout on an
+// async request would be silently ignored.
+func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, info *reqInfo, async bool) (gateway.Request, time.Duration, manyReplies, error) {
 	var limit, wait time.Duration
+	var many manyReplies
 	m, err := s.decode(w, r, info, rpcPrefix, func(q url.Values) (err error) {
 		if async {
-			for _, name := range []string{"timeout", "wait-for-responder"} {
+			for _, name := range []string{"timeout", "wait-for-responder", "collect", "max-replies"} {
 				if q.Has(name) {
 					return fmt.Errorf("%s applies to synchronous requests; an async request (Prefer: respond-async) waits for a responder and its reply until its ttl", name)
 				}
@@ -140,7 +168,19 @@ func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, info *req
 		if q.Has("ttl") {
 			return errors.New("ttl applies to async requests (Prefer: respond-async); a synchronous request takes timeout")
 		}
-		if limit, err = parseTimeout(q, s.cfg.DefaultTimeout, s.cfg.MaxTimeout); err != nil {
+		if many, err = s.parseMany(q); err != nil {
+			return err
+		}
+		if many.collect {
+			// The window is the request's deadline.
+			if q.Has("timeout") {
+				return errors.New("give collect or timeout, not both: collect is how long replies are gathered")
+			}
+			limit, err = parseDuration(q, "collect", 0, MinTimeout, s.cfg.MaxTimeout)
+		} else {
+			limit, err = parseTimeout(q, s.cfg.DefaultTimeout, s.cfg.MaxTimeout)
+		}
+		if err != nil {
 			return err
 		}
 		wait, err = parseDuration(q, "wait-for-responder", 0, 0, s.cfg.MaxTimeout)
@@ -153,16 +193,16 @@ func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, info *req
 		return err
 	})
 	if err != nil {
-		return gateway.Request{}, 0, err
+		return gateway.Request{}, 0, many, err
 	}
 	if async && m.qos == 0 {
 		// A broker keeps no QoS 0 message for an offline session: the
 		// request would be "published" to a sleeping device and lost.
-		return gateway.Request{}, 0, &badInput{kind: probInvalidParameter, err: errors.New("qos 0 can't wait in an offline device's session; an async request takes qos 1 or 2")}
+		return gateway.Request{}, 0, many, &badInput{kind: probInvalidParameter, err: errors.New("qos 0 can't wait in an offline device's session; an async request takes qos 1 or 2")}
 	}
 	key, err := idempotencyKey(r.Header)
 	if err != nil {
-		return gateway.Request{}, 0, &badInput{kind: probInvalidHeader, err: err}
+		return gateway.Request{}, 0, many, &badInput{kind: probInvalidHeader, err: err}
 	}
 	req := gateway.Request{
 		Topic:            m.topic,
@@ -179,7 +219,7 @@ func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, info *req
 	}
 	// The wait for a responder comes before, and on top of, the wait for
 	// the reply.
-	return req, limit + wait, nil
+	return req, limit + wait, many, nil
 }
 
 // message is what /rpc and /publish take from an HTTP request alike.
@@ -347,6 +387,9 @@ func userProperties(h http.Header) ([]gateway.UserProperty, error) {
 		k, val, ok := strings.Cut(v, "=")
 		if !ok || k == "" {
 			return nil, fmt.Errorf("%s %q must be key=value with a non-empty key", headerUserProperty, v)
+		}
+		if strings.HasPrefix(k, reservedPropertyPrefix) {
+			return nil, fmt.Errorf("%s %q: keys starting with %s are the gateway's own", headerUserProperty, v, reservedPropertyPrefix)
 		}
 		props = append(props, gateway.UserProperty{Key: k, Value: val})
 	}

@@ -30,6 +30,8 @@ type Requester interface {
 	Lookup(owner, id string) (gateway.Record, error)
 	Watch(ctx context.Context, owner, id string, seen gateway.State) (gateway.Record, error)
 	Cancel(owner, id string) (gateway.Record, error)
+	// Stream publishes req and hands its replies to sink as they come.
+	Stream(ctx context.Context, req gateway.Request, c gateway.Collect, sink gateway.StreamSink) (gateway.StreamEnd, error)
 	// Ready returns nil when requests can be served, or why not.
 	Ready() error
 }
@@ -49,6 +51,12 @@ type Config struct {
 	// ResultTTL is how long a timed-out request's late reply is kept, as
 	// the 504 says; the gateway's Config.ResultTTL. Default 10m.
 	ResultTTL time.Duration
+	// MaxReplies is the most replies a stream or gather takes, and the
+	// largest ?max-replies; default 1000.
+	MaxReplies int
+	// MaxReply bounds a gather's replies in all, in bytes, as the
+	// gateway bounds each reply; default gateway.DefaultMaxReply.
+	MaxReply int
 	// ReservedPrefix is the gateways' response prefix, which requests may
 	// not publish under. Default gateway.DefaultResponsePrefix.
 	ReservedPrefix string
@@ -81,6 +89,8 @@ func DefaultConfig() Config {
 		DefaultTTL:      time.Hour,
 		MaxTTL:          7 * 24 * time.Hour,
 		ResultTTL:       gateway.DefaultResultTTL,
+		MaxReplies:      1000,
+		MaxReply:        gateway.DefaultMaxReply,
 		ReservedPrefix:  gateway.DefaultResponsePrefix,
 		MaxInflight:     DefaultMaxInflight(),
 		BodyReadTimeout: 30 * time.Second,
@@ -107,6 +117,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("max ttl %s must be from 1s to %s", c.MaxTTL, maxTTL)
 	case c.DefaultTTL < time.Second || c.DefaultTTL > c.MaxTTL:
 		return fmt.Errorf("ttl %s must be from 1s to the max ttl %s", c.DefaultTTL, c.MaxTTL)
+	case c.MaxReplies < 1:
+		return fmt.Errorf("max replies must be at least 1, not %d", c.MaxReplies)
+	case c.MaxReply < 1:
+		return fmt.Errorf("max reply must be positive, not %d", c.MaxReply)
 	case c.ResultTTL <= 0:
 		return fmt.Errorf("result ttl must be positive, not %s", c.ResultTTL)
 	case c.MaxBody <= 0:

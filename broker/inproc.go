@@ -91,12 +91,26 @@ func (t *inproc) Connect(_ context.Context, filters []string, h gateway.Handler)
 	return nil
 }
 
-func (t *inproc) Publish(_ context.Context, m *gateway.Message) error {
+var _ gateway.ReachCounter = (*inproc)(nil)
+
+func (t *inproc) Publish(ctx context.Context, m *gateway.Message) error {
+	_, err := t.PublishReach(ctx, m)
+	return err
+}
+
+// PublishReach publishes m and returns how many subscriptions it went to:
+// each client once, however many of its subscriptions match (mochi
+// delivers one copy), each shared group once, and each inline one. A
+// subscriber the broker then doesn't deliver to (an ACL, a congested
+// client) is counted all the same.
+func (t *inproc) PublishReach(_ context.Context, m *gateway.Message) (int, error) {
+	subs := t.srv.Topics.Subscribers(m.Topic)
+	reached := len(subs.Subscriptions) + len(subs.Shared) + len(subs.InlineSubscriptions)
 	// A request nobody can answer is not published; a publication is
 	// (it may be retained, and is no one's business if not).
-	noSubscribers := !t.hasSubscribers(m.Topic)
+	noSubscribers := reached == 0
 	if noSubscribers && m.ResponseTopic != "" {
-		return gateway.ErrNoResponders
+		return 0, gateway.ErrNoResponders
 	}
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.QoS, Retain: m.Retain},
@@ -118,13 +132,13 @@ func (t *inproc) Publish(_ context.Context, m *gateway.Message) error {
 	err := t.srv.InjectPacket(t.cl, pk)
 	var code packets.Code
 	if errors.As(err, &code) {
-		return &gateway.PublishError{ReasonCode: code.Code, Reason: code.Reason}
+		return 0, &gateway.PublishError{ReasonCode: code.Code, Reason: code.Reason}
 	}
 	if err == nil && noSubscribers {
 		// As a broker's PUBACK 0x10 says: taken, but nobody listens.
-		return gateway.ErrNoResponders
+		return 0, gateway.ErrNoResponders
 	}
-	return err
+	return reached, err
 }
 
 func (t *inproc) Close(context.Context) error {

@@ -53,6 +53,7 @@ const (
 	FieldContentType  Field = "content type"
 	FieldUserProperty Field = "user property"
 	FieldTTL          Field = "ttl"
+	FieldMaxReplies   Field = "max-replies"
 )
 
 // InvalidError says which part of a Request is invalid and why. It matches

@@ -451,8 +451,13 @@ func notAcknowledged(err error) error {
 // else with backoff (a broker's PUBACK 0x10). Each attempt's Message
 // Expiry is the time left until deadline.
 func (g *Gateway) publish(ctx context.Context, m *Message, deadline time.Time, wait time.Duration) error {
+	return g.publishWith(ctx, m, deadline, wait, g.transport.Publish)
+}
+
+// publishWith is publish through pub.
+func (g *Gateway) publishWith(ctx context.Context, m *Message, deadline time.Time, wait time.Duration, pub func(context.Context, *Message) error) error {
 	m.MessageExpiry = expirySeconds(deadline, time.Now())
-	err := g.transport.Publish(ctx, m)
+	err := pub(ctx, m)
 	if wait <= 0 || !errors.Is(err, ErrNoResponders) {
 		return err
 	}
@@ -481,7 +486,7 @@ func (g *Gateway) publish(ctx context.Context, m *Message, deadline time.Time, w
 			return fmt.Errorf("%w: nobody subscribed to %q within the %s waited for a responder", ErrNoResponders, m.Topic, wait)
 		}
 		m.MessageExpiry = expirySeconds(deadline, time.Now())
-		if err = g.transport.Publish(ctx, m); !errors.Is(err, ErrNoResponders) {
+		if err = pub(ctx, m); !errors.Is(err, ErrNoResponders) {
 			return err
 		}
 	}
@@ -546,7 +551,7 @@ func (g *Gateway) HandleReply(m *Message) {
 
 func (g *Gateway) handleSyncReply(m *Message) {
 	id := string(m.CorrelationData)
-	r := result{msg: m}
+	r := result{msg: m, progress: isProgress(m), at: time.Now()}
 	if n := replySize(m); n > g.cfg.MaxReply {
 		r = result{err: fmt.Errorf("%w: the reply is %d bytes; at most %d are allowed", ErrReplyTooLarge, n, g.cfg.MaxReply)}
 	}

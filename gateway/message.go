@@ -106,6 +106,15 @@ type SubscriberWaiter interface {
 	Subscribed() <-chan struct{}
 }
 
+// ReachCounter is a Transport that knows how many subscribers a message
+// reaches (the embedded broker), so that a request taking many replies
+// can end once each has answered.
+type ReachCounter interface {
+	// PublishReach is Publish, and returns the number of subscriptions
+	// the message went to, a shared-subscription group counting once.
+	PublishReach(ctx context.Context, m *Message) (int, error)
+}
+
 // Handler receives what a Transport reads from the broker. Its methods may
 // be called from the transport's read loop, so they must never block.
 type Handler interface {

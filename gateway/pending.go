@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // result is what a waiting request receives: a reply or the reason it will
@@ -11,6 +12,10 @@ import (
 type result struct {
 	msg *Message
 	err error
+	// progress marks a reply its responder said is not the last.
+	progress bool
+	// at is when the reply arrived.
+	at time.Time
 }
 
 // pendingMap holds the requests waiting for a reply, keyed by correlation
@@ -19,7 +24,7 @@ type result struct {
 // for. All its methods are safe for concurrent use.
 type pendingMap struct {
 	mu      sync.Mutex
-	waiting map[string]waiter // Lock should be held.
+	waiting map[string]*waiter // Lock should be held.
 	closed  bool              // Lock should be held.
 
 	// recent is a ring of finished ids; recentKind says how each ended.
@@ -31,15 +36,62 @@ type pendingMap struct {
 	late       atomic.Uint64
 	duplicates atomic.Uint64
 	unknown    atomic.Uint64
+	// progress counts progress replies that a request waiting for its
+	// final reply passed over.
+	progress atomic.Uint64
 }
 
-// waiter is a request waiting for its reply.
+// waiter is a request waiting for its reply, or for its replies.
 type waiter struct {
-	ch chan result // cap 1; receives the one result
+	ch chan result // cap 1; receives the one result. nil for a stream.
 	// stop ends the request's publish, which may still be waiting for
 	// an acknowledgement when the result arrives (a connection lost
 	// before the PUBACK, or a responder faster than it).
 	stop context.CancelFunc
+	// stream takes every reply of a request that wants many.
+	stream *replyQueue
+}
+
+// replyQueue holds a streaming request's replies until its reader takes
+// them. It never blocks the transport: it takes at most max results, and
+// the reader ends the stream when it has read that many.
+type replyQueue struct {
+	mu     sync.Mutex
+	items  []result // Lock should be held.
+	pushed int      // Lock should be held.
+	max    int
+	notify chan struct{} // cap 1: something was pushed
+}
+
+func newReplyQueue(max int) *replyQueue {
+	return &replyQueue{max: max, notify: make(chan struct{}, 1)}
+}
+
+// push adds r unless max results have been pushed already; a failure
+// always goes in, it ends the stream.
+func (q *replyQueue) push(r result) bool {
+	q.mu.Lock()
+	if r.err == nil && q.pushed >= q.max {
+		q.mu.Unlock()
+		return false
+	}
+	q.pushed++
+	q.items = append(q.items, r)
+	q.mu.Unlock()
+	select {
+	case q.notify <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take returns what was pushed since the last take.
+func (q *replyQueue) take() []result {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	items := q.items
+	q.items = nil
+	return items
 }
 
 // finish is how a pending request ended.
@@ -52,7 +104,7 @@ const (
 
 func newPendingMap(remember int) *pendingMap {
 	return &pendingMap{
-		waiting:    make(map[string]waiter),
+		waiting:    make(map[string]*waiter),
 		recent:     make([]string, remember),
 		recentKind: make(map[string]finish, remember),
 	}
@@ -67,8 +119,19 @@ func (p *pendingMap) add(id string, stop context.CancelFunc) (chan result, bool)
 	if p.closed {
 		return nil, false
 	}
-	p.waiting[id] = waiter{ch: ch, stop: stop}
+	p.waiting[id] = &waiter{ch: ch, stop: stop}
 	return ch, true
+}
+
+// addStream registers id for a request that takes its replies from q.
+func (p *pendingMap) addStream(id string, stop context.CancelFunc, q *replyQueue) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.waiting[id] = &waiter{stop: stop, stream: q}
+	return true
 }
 
 // remove drops id after its waiter gave up. It reports false if a reply or
@@ -92,6 +155,21 @@ func (p *pendingMap) deliver(id string, r result, orElse func() bool) bool {
 	p.mu.Lock()
 	w, ok := p.waiting[id]
 	var kind finish
+	switch {
+	case ok && w.stream != nil:
+		// A stream stays registered until its reader is done; replies
+		// beyond its maximum are dropped, as late ones are.
+		p.mu.Unlock()
+		if !w.stream.push(r) {
+			p.late.Add(1)
+		}
+		return true
+	case ok && r.progress && r.err == nil:
+		// Whoever waits for one reply waits for the final one.
+		p.mu.Unlock()
+		p.progress.Add(1)
+		return true
+	}
 	if ok {
 		delete(p.waiting, id)
 		p.remember(id, answered)
@@ -130,7 +208,11 @@ func (p *pendingMap) failAll(err error, closing bool) {
 	for id, w := range p.waiting {
 		delete(p.waiting, id)
 		p.remember(id, abandoned)
-		w.ch <- result{err: err}
+		if w.stream != nil {
+			w.stream.push(result{err: err})
+		} else {
+			w.ch <- result{err: err}
+		}
 		w.stop()
 	}
 }

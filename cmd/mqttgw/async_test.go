@@ -310,9 +310,12 @@ func TestKillNineReplica(t *testing.T) {
 	baseB, _ := startBinary(t, gatewaytest.FreePort(t), "--broker", m.URL(), "--instance-id", "gw-b")
 	device(t, py, m.Addr, "valve-3", "valves/3/cmd", "subscribe")
 	d := submitAsync(t, baseA, "valves/3/cmd", "?ttl=5m", "close")
-	if got := getStatus(t, baseB, d.ID, 0); got.State != "published" {
-		t.Fatalf("replica b sees the request as %q, want published", got.State)
-	}
+	// The record reaches the other replica through the broker, a moment
+	// after the 202.
+	gatewaytest.Eventually(t, 5*time.Second, "replica b knows the request", func() bool {
+		r := gatewaytest.Do(t, nil, mustRequest(t, http.MethodGet, baseB+"/requests/"+d.ID))
+		return r.Status == 200 && decodeStatus(t, r).State == "published"
+	})
 	killA()
 	out := device(t, py, m.Addr, "valve-3", "valves/3/cmd", "wake")
 	if !receivedLine.MatchString(out) {
