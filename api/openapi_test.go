@@ -266,6 +266,10 @@ type liveCase struct {
 	// fake serves them alike); nil means no request record may be asked
 	// for.
 	lookup func(t *testing.T, owner, id string) (gateway.Record, error)
+	// stream is the gateway's Stream, for a request that takes many
+	// replies (a stream or a gather); nil means the request must be
+	// refused before it reaches the gateway.
+	stream func(t *testing.T, ctx context.Context, req gateway.Request, c gateway.Collect, sink gateway.StreamSink) (gateway.StreamEnd, error)
 	ready  func() error // default: ready
 
 	status   int
@@ -274,10 +278,15 @@ type liveCase struct {
 	detail   string // substring of the problem's detail
 	wantBody string // exact body of a response that is no problem
 	// Exact values of Mqtt-User-Property, Retry-After, Location,
-	// Preference-Applied and Cache-Control (absent if not listed), and of
+	// Preference-Applied, Cache-Control, X-Accel-Buffering, Gather-End
+	// and Gather-Reached (absent if not listed), and of
 	// X-Content-Type-Options (nosniff unless sniffable).
 	hdr       map[string][]string
 	sniffable bool
+	// schema names a components schema that the JSON body must match
+	// too, where the spec's media type allows more than it (a gather's
+	// application/json is also any JSON reply's).
+	schema string
 	// specRejects: the spec's schemas themselves flag the request.
 	specRejects bool
 	// unrouted: no operation of the spec matches (404, 405).
@@ -671,6 +680,7 @@ func liveCases() []liveCase {
 	cases = append(cases, publishCases()...)
 	cases = append(cases, asyncCases()...)
 	cases = append(cases, requestsCases()...)
+	cases = append(cases, streamCases()...)
 	// Headers beyond the limit: net/http's own plain-text 431, before any
 	// handler, on every operation.
 	for _, route := range [][2]string{
@@ -750,6 +760,14 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 			}
 			return c.lookup(t, owner, id)
 		},
+		StreamFn: func(ctx context.Context, req gateway.Request, col gateway.Collect, sink gateway.StreamSink) (gateway.StreamEnd, error) {
+			calls.Add(1)
+			if c.stream == nil {
+				t.Errorf("the gateway got the request for many replies %.200q; it should have been refused before", fmt.Sprintf("%+v", req))
+				return gateway.StreamEnd{}, errors.New("unexpected gateway call")
+			}
+			return c.stream(t, ctx, req, col, sink)
+		},
 		ReadyFn: c.ready,
 	}
 	cfg := testCfg
@@ -803,7 +821,7 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 	if resp.StatusCode != c.status {
 		t.Errorf("status %d, want %d; body %.300s", resp.StatusCode, c.status, body)
 	}
-	if (c.request != nil || c.publish != nil || c.submit != nil) && calls.Load() != 1 {
+	if (c.request != nil || c.publish != nil || c.submit != nil || c.stream != nil) && calls.Load() != 1 {
 		t.Errorf("gateway called %d times, want once", calls.Load())
 	}
 	if c.lookup != nil && lookups.Load() == 0 {
@@ -819,6 +837,7 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 	wantHdr := map[string][]string{
 		"Mqtt-User-Property": nil, "Retry-After": nil, "X-Content-Type-Options": nosniff,
 		"Location": nil, "Preference-Applied": nil, "Cache-Control": nil,
+		"X-Accel-Buffering": nil, "Gather-End": nil, "Gather-Reached": nil,
 	}
 	if c.sniffable {
 		wantHdr["X-Content-Type-Options"] = nil
@@ -903,7 +922,8 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 	case c.slug != "" && (route.Operation.Responses.Status(resp.StatusCode) == nil || specResp.Value.Content[problemCT] == nil):
 		t.Errorf("the spec's response %d for %s %s has no %s content", resp.StatusCode, method, route.Path, problemCT)
 	default:
-		for _, h := range []string{"Mqtt-User-Property", "Retry-After", "X-Content-Type-Options", "Location", "Preference-Applied", "Cache-Control", "WWW-Authenticate", "Allow"} {
+		for _, h := range []string{"Mqtt-User-Property", "Retry-After", "X-Content-Type-Options", "Location", "Preference-Applied", "Cache-Control", "WWW-Authenticate", "Allow",
+			"X-Accel-Buffering", "Gather-End", "Gather-Reached"} {
 			if resp.Header.Get(h) != "" && specResp.Value.Headers[h] == nil {
 				t.Errorf("the spec's response %d for %s %s does not declare header %s", resp.StatusCode, method, route.Path, h)
 			}
@@ -915,9 +935,107 @@ func runLiveCase(t *testing.T, doc *openapi3.T, router routers.Router, c liveCas
 		Header:                 resp.Header,
 		Options:                opts,
 	}
+	ct := resp.Header.Get("Content-Type")
+	streamed := ct == eventStreamCT || ct == ndjsonCT
+	if streamed {
+		// kin-openapi decodes no stream; its events are checked one by
+		// one below, its status and headers here.
+		respOpts := *opts
+		respOpts.ExcludeResponseBody = true
+		out.Options = &respOpts
+	}
 	out.SetBodyBytes(body)
 	if err := openapi3filter.ValidateResponse(ctx, out); err != nil {
 		t.Errorf("the response does not match the spec: %v", err)
+	}
+	if streamed && specResp != nil && specResp.Value != nil {
+		checkStreamEvents(t, specResp.Value, ct, body)
+	}
+	if c.schema != "" {
+		checkBodySchema(t, doc, c.schema, body)
+	}
+}
+
+// schemaOpts validate a live response's JSON as openapi3filter does.
+var schemaOpts = []openapi3.SchemaValidationOption{openapi3.EnableJSONSchema2020(), openapi3.VisitAsResponse(), openapi3.MultiErrors()}
+
+// checkStreamEvents checks each event of a stream against the schema the
+// spec's response gives its media type ct: one Server-Sent Event as
+// {event, id, data} with data parsed as JSON (a comment is no event), or
+// one NDJSON line.
+func checkStreamEvents(t *testing.T, resp *openapi3.Response, ct string, body []byte) {
+	t.Helper()
+	mt := resp.Content.Get(ct)
+	if mt == nil || mt.Schema == nil || mt.Schema.Value == nil {
+		t.Errorf("the spec's response declares no %s content with a schema", ct)
+		return
+	}
+	var events []any
+	if ct == ndjsonCT {
+		text, ok := strings.CutSuffix(string(body), "\n")
+		if !ok {
+			t.Errorf("NDJSON body %.300q does not end with a newline", body)
+		}
+		for line := range strings.SplitSeq(text, "\n") {
+			var v any
+			if err := json.Unmarshal([]byte(line), &v); err != nil {
+				t.Errorf("NDJSON line %.300q: %v", line, err)
+				continue
+			}
+			events = append(events, v)
+		}
+	} else {
+		text, ok := strings.CutSuffix(string(body), "\n\n")
+		if !ok {
+			t.Errorf("event stream %.300q does not end with a blank line", body)
+		}
+		for block := range strings.SplitSeq(text, "\n\n") {
+			ev := map[string]any{}
+			for line := range strings.SplitSeq(block, "\n") {
+				field, value, _ := strings.Cut(line, ": ")
+				switch field {
+				case "":
+					// A comment (": keep-alive"): no event.
+				case "event", "id":
+					ev[field] = value
+				case "data":
+					var v any
+					if err := json.Unmarshal([]byte(value), &v); err != nil {
+						t.Errorf("event data %.300q: %v", value, err)
+					}
+					ev[field] = v
+				default:
+					t.Errorf("event line %.300q is no event, id or data field", line)
+				}
+			}
+			if len(ev) > 0 {
+				events = append(events, ev)
+			}
+		}
+	}
+	if len(events) == 0 {
+		t.Errorf("stream %.300q has no events", body)
+	}
+	for i, ev := range events {
+		if err := mt.Schema.Value.VisitJSON(ev, schemaOpts...); err != nil {
+			t.Errorf("event %d of the %s stream does not match the spec: %v", i+1, ct, err)
+		}
+	}
+}
+
+// checkBodySchema checks a JSON body against components schema name.
+func checkBodySchema(t *testing.T, doc *openapi3.T, name string, body []byte) {
+	t.Helper()
+	ref := doc.Components.Schemas[name]
+	if ref == nil || ref.Value == nil {
+		t.Fatalf("%s has no components schema %s", specFile, name)
+	}
+	var v any
+	if err := json.Unmarshal(body, &v); err != nil {
+		t.Fatalf("body %.300q: %v", body, err)
+	}
+	if err := ref.Value.VisitJSON(v, schemaOpts...); err != nil {
+		t.Errorf("body does not match schema %s: %v", name, err)
 	}
 }
 
@@ -1440,6 +1558,266 @@ func requestsCases() []liveCase {
 			name: "401 cancel without a key", method: http.MethodDelete, target: testRequestPath,
 			cfg:    withAuth,
 			status: 401, slug: "unauthorized", hdr: unauthorized,
+		},
+	}
+}
+
+// streamStep is one thing a fake Stream does with its sink once the
+// request is published.
+type streamStep func(gateway.StreamSink) error
+
+// replyStep hands the sink a reply; keepaliveStep tells it of a quiet
+// interval.
+func replyStep(ev gateway.Event) streamStep {
+	return func(sink gateway.StreamSink) error { return sink.Reply(ev) }
+}
+
+func keepaliveStep(sink gateway.StreamSink) error { return sink.Keepalive() }
+
+// refusedStep hands the sink a reply it must refuse as one too many
+// bytes (ErrStreamFull).
+func refusedStep(ev gateway.Event) streamStep {
+	return func(sink gateway.StreamSink) error {
+		if err := sink.Reply(ev); !errors.Is(err, gateway.ErrStreamFull) {
+			return fmt.Errorf("reply %d: sink said %v, want ErrStreamFull", ev.Seq, err)
+		}
+		return nil
+	}
+}
+
+// streamWith is a gateway's Stream: it checks the request's deadline and
+// how it collects, publishes it to reached subscribers (-1: not known),
+// takes the steps and ends with end.
+func streamWith(timeout time.Duration, want gateway.Collect, reached int, end gateway.StreamEnd, steps ...streamStep) func(*testing.T, context.Context, gateway.Request, gateway.Collect, gateway.StreamSink) (gateway.StreamEnd, error) {
+	return func(t *testing.T, ctx context.Context, _ gateway.Request, c gateway.Collect, sink gateway.StreamSink) (gateway.StreamEnd, error) {
+		wantDeadline(t, ctx, timeout)
+		if c != want {
+			t.Errorf("gateway got %+v, want %+v", c, want)
+		}
+		if err := sink.Published(reached); err != nil {
+			t.Errorf("Published: %v", err)
+		}
+		for i, step := range steps {
+			if err := step(sink); err != nil {
+				t.Errorf("step %d: %v", i+1, err)
+			}
+		}
+		end.Reached = reached
+		return end, nil
+	}
+}
+
+// failStream fails a request for many replies before it is published.
+func failStream(err error) func(*testing.T, context.Context, gateway.Request, gateway.Collect, gateway.StreamSink) (gateway.StreamEnd, error) {
+	return func(*testing.T, context.Context, gateway.Request, gateway.Collect, gateway.StreamSink) (gateway.StreamEnd, error) {
+		return gateway.StreamEnd{}, err
+	}
+}
+
+// The replies of the stream and gather cases, and their JSON.
+var (
+	progressEvent = gateway.Event{Seq: 1, Received: testCreated, Reply: gateway.Reply{
+		Payload: []byte("charging"), ContentType: "text/plain",
+		UserProperties: []gateway.UserProperty{{Key: "progress", Value: "40%"}},
+	}}
+	finalEvent = gateway.Event{Seq: 2, Final: true, Received: testCreated.Add(1500 * time.Millisecond), Reply: gateway.Reply{
+		Payload: []byte(testReplyPayload), ContentType: "application/json",
+		UserProperties: []gateway.UserProperty{{Key: "http-status", Value: "201"}, {Key: "unit", Value: "percent"}},
+	}}
+	// binaryEvent's payload is no UTF-8: base64 in JSON.
+	binaryEvent = gateway.Event{Seq: 3, Final: true, Received: testCreated.Add(2 * time.Second), Reply: gateway.Reply{
+		Payload: []byte{0xff, 0xfe, 0},
+	}}
+	// badStatusEvent's http-status is no status: 502 in JSON.
+	badStatusEvent = gateway.Event{Seq: 2, Final: true, Received: testCreated.Add(time.Second), Reply: gateway.Reply{
+		Payload: []byte("ok"), UserProperties: []gateway.UserProperty{{Key: "http-status", Value: "abc"}},
+	}}
+)
+
+const (
+	progressJSON  = `{"type":"reply","seq":1,"final":false,"status":200,"content_type":"text/plain","payload":"charging","user_properties":[{"key":"progress","value":"40%"}],"received":"2026-01-02T03:04:05Z"}`
+	finalJSON     = `{"type":"reply","seq":2,"final":true,"status":201,"content_type":"application/json","payload":"{\"battery\":87}","user_properties":[{"key":"http-status","value":"201"},{"key":"unit","value":"percent"}],"received":"2026-01-02T03:04:06.5Z"}`
+	binaryJSON    = `{"type":"reply","seq":3,"final":true,"status":200,"content_type":"","payload":"//4A","payload_encoding":"base64","user_properties":[],"received":"2026-01-02T03:04:07Z"}`
+	badStatusJSON = `{"type":"reply","seq":2,"final":true,"status":502,"content_type":"","payload":"ok","user_properties":[{"key":"http-status","value":"abc"}],"received":"2026-01-02T03:04:06Z"}`
+)
+
+// streamCases are the live cases of POST /rpc/{topic} that take many
+// replies: streams (Accept: text/event-stream or application/x-ndjson)
+// and gathers (?collect, ?max-replies).
+func streamCases() []liveCase {
+	streaming := func(ct string) [][2]string { return [][2]string{{"Accept", ct}} }
+	streamHdr := map[string][]string{"Cache-Control": noStore, "X-Accel-Buffering": {"no"}}
+	gathered := func(end, reached string) map[string][]string {
+		h := map[string][]string{"Gather-End": {end}}
+		if reached != "" {
+			h["Gather-Reached"] = []string{reached}
+		}
+		return h
+	}
+	sse := func(name, id, data string) string {
+		if id != "" {
+			id = "id: " + id + "\n"
+		}
+		return "event: " + name + "\n" + id + "data: " + data + "\n\n"
+	}
+	return []liveCase{
+		// Streams
+		{
+			name: "200 event stream", target: "/rpc/devices/7/charge?max-replies=5",
+			header:  [][2]string{{"Accept", "text/event-stream"}, {"Content-Type", "text/plain"}},
+			reqBody: []byte("full"),
+			stream: func(t *testing.T, ctx context.Context, req gateway.Request, c gateway.Collect, sink gateway.StreamSink) (gateway.StreamEnd, error) {
+				if req.Topic != "devices/7/charge" || string(req.Payload) != "full" || req.ContentType != "text/plain" {
+					t.Errorf("gateway got %+v", req)
+				}
+				return streamWith(testCfg.DefaultTimeout, gateway.Collect{MaxReplies: 5, Keepalive: keepaliveInterval}, 2,
+					gateway.StreamEnd{Reason: gateway.EndComplete, Replies: 3},
+					replyStep(progressEvent), keepaliveStep, replyStep(finalEvent), replyStep(binaryEvent),
+				)(t, ctx, req, c, sink)
+			},
+			status: 200, ctype: "text/event-stream", hdr: streamHdr,
+			wantBody: sse("reply", "1", progressJSON) + ": keep-alive\n\n" + sse("reply", "2", finalJSON) + sse("reply", "3", binaryJSON) +
+				sse("end", "", `{"type":"end","reason":"complete","replies":3,"reached":2}`),
+		},
+		{
+			// An external broker: how many subscribers is not known.
+			name: "200 NDJSON stream, gathering for a window", target: "/rpc/devices/all/battery?collect=2s",
+			header: [][2]string{{"Accept", "application/json;q=0.5, application/x-ndjson"}},
+			stream: streamWith(2*time.Second, gateway.Collect{Window: true, MaxReplies: testCfg.MaxReplies, Keepalive: keepaliveInterval}, -1,
+				gateway.StreamEnd{Reason: gateway.EndWindow, Replies: 2},
+				replyStep(progressEvent), keepaliveStep, replyStep(badStatusEvent),
+			),
+			status: 200, ctype: "application/x-ndjson", hdr: streamHdr,
+			wantBody: progressJSON + "\n" + `{"type":"keepalive"}` + "\n" + badStatusJSON + "\n" +
+				`{"type":"end","reason":"window","replies":2,"reached":null}` + "\n",
+		},
+		{
+			name: "200 event stream that timed out", target: "/rpc/devices/7/charge?timeout=1s",
+			header: streaming("text/event-stream"),
+			stream: streamWith(time.Second, gateway.Collect{MaxReplies: testCfg.MaxReplies, Keepalive: keepaliveInterval}, 1,
+				gateway.StreamEnd{Reason: gateway.EndTimeout, Replies: 1, Detail: "no final reply within 1s"},
+				replyStep(progressEvent),
+			),
+			status: 200, ctype: "text/event-stream", hdr: streamHdr,
+			wantBody: sse("reply", "1", progressJSON) +
+				sse("end", "", `{"type":"end","reason":"timeout","replies":1,"reached":1,"detail":"no final reply within 1s"}`),
+		},
+		{
+			name: "503 event stream nobody subscribed", target: "/rpc/devices/7/charge",
+			header: streaming("text/event-stream"),
+			stream: failStream(fmt.Errorf("%w on %q", gateway.ErrNoResponders, "devices/7/charge")),
+			status: 503, slug: "no-responders",
+		},
+
+		// Gathers
+		{
+			name: "200 gather for a window", target: "/rpc/devices/all/battery?collect=2s&max-replies=10",
+			stream: streamWith(2*time.Second, gateway.Collect{Window: true, MaxReplies: 10}, 3,
+				gateway.StreamEnd{Reason: gateway.EndWindow, Replies: 3},
+				replyStep(progressEvent), replyStep(finalEvent), replyStep(binaryEvent),
+			),
+			status: 200, ctype: "application/json", hdr: gathered("window", "3"), schema: "GatherReplies",
+			wantBody: "[" + progressJSON + "," + finalJSON + "," + binaryJSON + "]\n",
+		},
+		{
+			// An external broker; the timeout bounds the gather.
+			name: "200 gather of max-replies", target: "/rpc/devices/all/battery?max-replies=2&timeout=3s",
+			header: [][2]string{{"Accept", "application/json"}},
+			stream: streamWith(3*time.Second, gateway.Collect{MaxReplies: 2}, -1,
+				gateway.StreamEnd{Reason: gateway.EndMaxReplies, Replies: 2},
+				replyStep(progressEvent), replyStep(badStatusEvent),
+			),
+			status: 200, ctype: "application/json", hdr: gathered("max-replies", ""), schema: "GatherReplies",
+			wantBody: "[" + progressJSON + "," + badStatusJSON + "]\n",
+		},
+		{
+			// The replies together may be at most --max-reply bytes: the
+			// first two take 8+10+8+3 and 14+16+11+3+4+7 (84), the third
+			// 3 more.
+			name: "200 gather ended by max-reply", target: "/rpc/devices/all/battery?collect=2s",
+			cfg: func(_ *testing.T, c *Config) { c.MaxReply = 85 },
+			stream: streamWith(2*time.Second, gateway.Collect{Window: true, MaxReplies: testCfg.MaxReplies}, 3,
+				gateway.StreamEnd{Reason: gateway.EndMaxBytes, Replies: 2},
+				replyStep(progressEvent), replyStep(finalEvent), refusedStep(binaryEvent),
+			),
+			status: 200, ctype: "application/json", hdr: gathered("max-bytes", "3"), schema: "GatherReplies",
+			wantBody: "[" + progressJSON + "," + finalJSON + "]\n",
+		},
+		{
+			name: "504 gather without a reply", target: "/rpc/devices/all/battery?collect=100ms",
+			stream: streamWith(100*time.Millisecond, gateway.Collect{Window: true, MaxReplies: testCfg.MaxReplies}, 2,
+				gateway.StreamEnd{Reason: gateway.EndWindow}),
+			status: 504, slug: "timeout", detail: "reached 2 subscriber(s) and none replied within 100ms",
+		},
+		{
+			name: "503 gather nobody subscribed", target: "/rpc/devices/all/battery?collect=2s",
+			stream: failStream(fmt.Errorf("%w on %q", gateway.ErrNoResponders, "devices/all/battery")),
+			status: 503, slug: "no-responders",
+		},
+
+		// Refused before they reach the gateway.
+		{name: "400 collect above max-timeout", target: "/rpc/a?collect=61s", status: 400, slug: "invalid-parameter", detail: "collect \"61s\" is above the maximum of 1m0s"},
+		{name: "400 collect below 1ms", target: "/rpc/a?collect=0", status: 400, slug: "invalid-parameter", detail: "minimum of 1ms"},
+		{name: "400 collect unparsable", target: "/rpc/a?collect=soon", status: 400, slug: "invalid-parameter", detail: "collect", specRejects: true},
+		{name: "400 collect with timeout", target: "/rpc/a?collect=2s&timeout=1s", status: 400, slug: "invalid-parameter", detail: "collect or timeout, not both"},
+		{name: "400 collect and wait-for-responder above max-timeout", target: "/rpc/a?collect=40s&wait-for-responder=30s", status: 400, slug: "invalid-parameter", detail: "above the maximum of 1m0s"},
+		{name: "400 max-replies 0", target: "/rpc/a?max-replies=0", status: 400, slug: "invalid-parameter", detail: "from 1 to 1000 (--max-replies)", specRejects: true},
+		{name: "400 max-replies not a number", target: "/rpc/a?max-replies=all", status: 400, slug: "invalid-parameter", detail: `"all"`, specRejects: true},
+		{name: "400 max-replies above --max-replies", target: "/rpc/a?max-replies=1001", status: 400, slug: "invalid-parameter", detail: "from 1 to 1000"},
+		{name: "400 max-replies with a leading zero", target: "/rpc/a?max-replies=05", status: 400, slug: "invalid-parameter", detail: `"05"`},
+		{name: "400 max-replies twice", target: "/rpc/a?max-replies=1&max-replies=2", status: 400, slug: "invalid-parameter", detail: "once"},
+		{
+			name: "400 max-replies above a lower --max-replies", target: "/rpc/a?max-replies=11",
+			cfg:    func(_ *testing.T, c *Config) { c.MaxReplies = 10 },
+			status: 400, slug: "invalid-parameter", detail: "from 1 to 10 (--max-replies)",
+		},
+		{
+			name: "400 Accept names both streams", target: "/rpc/a",
+			header: [][2]string{{"Accept", "text/event-stream, application/x-ndjson"}},
+			status: 400, slug: "invalid-header", detail: "names both",
+		},
+		{
+			name: "400 Accept names both streams in two headers", target: "/rpc/a",
+			header: [][2]string{{"Accept", "application/x-ndjson"}, {"Accept", "text/event-stream;q=0.1"}},
+			status: 400, slug: "invalid-header", detail: "names both",
+		},
+		{
+			name: "400 async stream", target: "/rpc/a",
+			header: [][2]string{{"Accept", "text/event-stream"}, {"Prefer", "respond-async"}},
+			status: 400, slug: "invalid-header", detail: "can't be async",
+		},
+		{
+			name: "400 collect on an async request", target: "/rpc/a?collect=2s",
+			header: [][2]string{{"Prefer", "respond-async"}},
+			status: 400, slug: "invalid-parameter", detail: "collect applies to synchronous requests",
+		},
+		{
+			name: "400 max-replies on an async request", target: "/rpc/a?max-replies=3",
+			header: [][2]string{{"Prefer", "respond-async"}},
+			status: 400, slug: "invalid-parameter", detail: "max-replies applies to synchronous requests",
+		},
+		{
+			name: "400 idempotency key on a stream", target: "/rpc/a",
+			header: [][2]string{{"Accept", "application/x-ndjson"}, {"Idempotency-Key", `"k1"`}},
+			status: 400, slug: "invalid-header", detail: "not to streams and gathers",
+		},
+		{
+			name: "400 idempotency key on a gather", target: "/rpc/a?max-replies=3",
+			header: [][2]string{{"Idempotency-Key", "k1"}},
+			status: 400, slug: "invalid-header", detail: "not to streams and gathers",
+		},
+		{
+			name: "400 reserved user property", target: "/rpc/a",
+			header: [][2]string{{"Mqtt-User-Property", "mqttgw-seq=1"}},
+			status: 400, slug: "invalid-header", detail: "mqttgw-",
+		},
+
+		// A stream that is not asked for: one reply, progress or not.
+		{
+			name: "200 Accept without a stream", target: "/rpc/a",
+			header:  [][2]string{{"Accept", "text/event-stream;q=0, */*"}},
+			request: replyWith(gateway.Reply{Payload: []byte("ok")}),
+			status:  200, ctype: octetStreamCT, wantBody: "ok",
 		},
 	}
 }

@@ -29,8 +29,8 @@ const (
 	// reservedPropertyPrefix starts the user properties the gateway
 	// itself sets; a request may not set them.
 	reservedPropertyPrefix = "mqttgw-"
-	rpcPrefix      = "/rpc/"
-	publishPrefix  = "/publish/"
+	rpcPrefix              = "/rpc/"
+	publishPrefix          = "/publish/"
 )
 
 // rpc publishes the request body on the topic named by the path and
@@ -188,7 +188,11 @@ func (s *Server) decodeRequest(w http.ResponseWriter, r *http.Request, info *req
 			// No request is held longer than --max-timeout, which
 			// proxies in front and the server's write deadline are
 			// sized for.
-			err = fmt.Errorf("timeout %s plus wait-for-responder %s is above the maximum of %s", limit, wait, s.cfg.MaxTimeout)
+			name := "timeout"
+			if many.collect {
+				name = "collect"
+			}
+			err = fmt.Errorf("%s %s plus wait-for-responder %s is above the maximum of %s", name, limit, wait, s.cfg.MaxTimeout)
 		}
 		return err
 	})

@@ -173,7 +173,7 @@ func (s *Server) collect(w http.ResponseWriter, r *http.Request, req gateway.Req
 		return
 	}
 	if g, ok := sink.(*gatherSink); ok && len(g.events) == 0 {
-		fail(noReplies(end, limit))
+		fail(noReplies(end, limit-req.WaitForResponder))
 		return
 	}
 	info.outcome = "ok"
@@ -198,6 +198,8 @@ func noReplies(end gateway.StreamEnd, window time.Duration) error {
 		return fmt.Errorf("%w: %s", gateway.ErrNotConnected, end.Detail)
 	case gateway.EndTooLarge:
 		return fmt.Errorf("%w: %s", gateway.ErrReplyTooLarge, end.Detail)
+	case gateway.EndMaxBytes:
+		return fmt.Errorf("%w: the first reply alone is larger than a gather may be", gateway.ErrReplyTooLarge)
 	}
 	return fmt.Errorf("%w: the request reached %s and none replied within %s", gateway.ErrTimeout, reached, window)
 }

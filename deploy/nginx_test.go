@@ -153,6 +153,69 @@ func TestBehindNginx(t *testing.T) {
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{}}
 	t.Cleanup(client.CloseIdleConnections)
 
+	// streamHeld asks for a stream through nginx at base and reports
+	// whether nginx held its first event back until the last was sent:
+	// the responder sends its final reply only once the client has the
+	// first event, or after 2s.
+	streamHeld := func(t *testing.T, base, topic string) bool {
+		firstSeen := make(chan struct{})
+		held := make(chan bool, 1)
+		gatewaytest.StartStreamer(t, brokerURL, topic, 1, func(req *paho.Publish, send func(*paho.Publish)) {
+			send(&paho.Publish{QoS: 1, Payload: []byte("working"), Properties: &paho.PublishProperties{
+				User: paho.UserProperties{{Key: "progress", Value: "50%"}}}})
+			select {
+			case <-firstSeen:
+				held <- false
+			case <-time.After(2 * time.Second):
+				held <- true
+			}
+			send(&paho.Publish{QoS: 1, Payload: []byte("done")})
+		})
+		req, _ := http.NewRequest(http.MethodPost, base+"/rpc/"+topic, nil)
+		req.Header.Set("Accept", "text/event-stream")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body := bufio.NewReader(resp.Body)
+		var events []string
+		for {
+			line, err := body.ReadString('\n')
+			if err != nil {
+				break
+			}
+			if strings.HasPrefix(line, "event: ") {
+				events = append(events, strings.TrimSpace(strings.TrimPrefix(line, "event: ")))
+				if len(events) == 1 {
+					close(firstSeen)
+				}
+			}
+		}
+		if fmt.Sprint(events) != "[reply reply end]" {
+			t.Fatalf("events %v", events)
+		}
+		return <-held
+	}
+	// gzip, which many configurations turn on, holds output back until
+	// a flush; X-Accel-Buffering: no makes nginx flush every event.
+	gzipped := strings.Replace(string(template), "            proxy_read_timeout",
+		"            gzip on;\n            gzip_types text/event-stream;\n            gzip_min_length 1;\n            proxy_read_timeout", 1)
+	t.Run("a stream passes event by event", func(t *testing.T) {
+		if streamHeld(t, base, "svc/stream") {
+			t.Fatal("the first event reached the client only after the last was sent")
+		}
+		if streamHeld(t, "http://"+nginxStart(t, bin, gzipped, gwAddr, nil)+"/api", "svc/stream-gzip") {
+			t.Fatal("with gzip on, the first event reached the client only after the last was sent")
+		}
+	})
+	t.Run("control: nginx ignoring X-Accel-Buffering holds it back", func(t *testing.T) {
+		ignoring := strings.Replace(gzipped, "            gzip on;", "            proxy_ignore_headers X-Accel-Buffering;\n            gzip on;", 1)
+		if !streamHeld(t, "http://"+nginxStart(t, bin, ignoring, gwAddr, nil)+"/api", "svc/stream-held") {
+			t.Fatal("the stream passed even so: the test above can't tell")
+		}
+	})
+
 	t.Run("long wait not cut", func(t *testing.T) {
 		start := time.Now()
 		r := nginxSend(t, client, http.MethodPost, base+"/rpc/svc/slow?timeout=10s", "slow body")

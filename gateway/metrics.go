@@ -29,6 +29,7 @@ func (g *Gateway) Collectors() []prometheus.Collector {
 		counter("mqttgw_duplicate_replies_total", "Replies dropped because their request had already been answered.", g.pending.duplicates.Load),
 		counter("mqttgw_oversized_replies_total", "Replies refused with a 502 because they are larger than --max-reply.", g.oversized.Load),
 		counter("mqttgw_unknown_replies_total", "Replies dropped because their correlation data matches no request this gateway remembers.", g.pending.unknown.Load),
+		counter("mqttgw_progress_replies_skipped_total", "Progress replies (user property progress) passed over by requests that wait for their final reply.", g.pending.progress.Load),
 		counter("mqttgw_canceled_replies_total", "Replies dropped because their request had been canceled.", g.records.canceledReplies.Load),
 		counter("mqttgw_request_store_full_total", "Requests refused (503 store-full), or timed-out requests whose late reply could not be kept, because --max-records or --max-record-bytes was reached.", g.records.full.Load),
 		counter("mqttgw_request_record_write_errors_total", "Writes of request records to the broker that failed and were retried.", g.records.writeErrors.Load),

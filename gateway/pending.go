@@ -25,7 +25,7 @@ type result struct {
 type pendingMap struct {
 	mu      sync.Mutex
 	waiting map[string]*waiter // Lock should be held.
-	closed  bool              // Lock should be held.
+	closed  bool               // Lock should be held.
 
 	// recent is a ring of finished ids; recentKind says how each ended.
 	// Both are bounded by len(recent), so they can't grow with traffic.

@@ -129,11 +129,14 @@ func (g *Gateway) Stream(ctx context.Context, req Request, c Collect, sink Strea
 		end.Reason = EndClientGone
 		return end, nil
 	}
+	// The keep-alive comes after each quiet interval: an event resets it.
 	var keepalive <-chan time.Time
+	quiet := func() {}
 	if c.Keepalive > 0 {
-		t := time.NewTicker(c.Keepalive)
+		t := time.NewTimer(c.Keepalive)
 		defer t.Stop()
 		keepalive = t.C
+		quiet = func() { t.Reset(c.Keepalive) }
 	}
 	finals := 0
 	for {
@@ -155,6 +158,7 @@ func (g *Gateway) Stream(ctx context.Context, req Request, c Collect, sink Strea
 					end.Reason = EndClientGone
 					return end, nil
 				}
+				quiet()
 				if ev.Final {
 					finals++
 				}
@@ -175,6 +179,7 @@ func (g *Gateway) Stream(ctx context.Context, req Request, c Collect, sink Strea
 				end.Reason = EndClientGone
 				return end, nil
 			}
+			quiet()
 		case <-ctx.Done():
 			switch {
 			case !errors.Is(ctx.Err(), context.DeadlineExceeded):

@@ -60,6 +60,25 @@ func StartResponder(tb testing.TB, serverURL, filter string, qos byte, h Handler
 // settings (for mqtts:// and wss://); credentials in serverURL win.
 func StartResponderWith(tb testing.TB, serverURL string, o ClientOptions, filter string, qos byte, h Handler) *Responder {
 	tb.Helper()
+	return startResponder(tb, serverURL, o, filter, qos, func(r *Responder, req *paho.Publish) { r.send(req, h(req)) })
+}
+
+// Streamer answers a request with any number of replies, each through
+// send (which sets its topic and correlation data and waits for its
+// PUBACK), and returns when done.
+type Streamer func(req *paho.Publish, send func(reply *paho.Publish))
+
+// StartStreamer is StartResponder for a responder that sends many
+// replies to one request (progress, then a final one).
+func StartStreamer(tb testing.TB, serverURL, filter string, qos byte, h Streamer) *Responder {
+	tb.Helper()
+	return startResponder(tb, serverURL, ClientOptions{}, filter, qos, func(r *Responder, req *paho.Publish) {
+		h(req, func(reply *paho.Publish) { r.send(req, reply) })
+	})
+}
+
+func startResponder(tb testing.TB, serverURL string, o ClientOptions, filter string, qos byte, h func(*Responder, *paho.Publish)) *Responder {
+	tb.Helper()
 	u, err := url.Parse(serverURL)
 	if err != nil {
 		tb.Fatal(err)
@@ -142,9 +161,14 @@ func StartResponderWith(tb testing.TB, serverURL string, o ClientOptions, filter
 	return r
 }
 
-func (r *Responder) answer(req *paho.Publish, h Handler) {
+func (r *Responder) answer(req *paho.Publish, h func(*Responder, *paho.Publish)) {
 	defer r.inflight.Done()
-	reply := h(req)
+	h(r, req)
+}
+
+// send publishes reply to req's response topic, with req's correlation
+// data unless it has its own.
+func (r *Responder) send(req, reply *paho.Publish) {
 	if reply == nil || req.Properties == nil || req.Properties.ResponseTopic == "" {
 		return
 	}
