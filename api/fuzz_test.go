@@ -10,6 +10,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -378,4 +379,47 @@ func isDecimal(s string) bool {
 		}
 	}
 	return digits > 0
+}
+
+// FuzzRequestHeaders: the headers async requests and streams read —
+// Prefer, Accept and Idempotency-Key — never panic; what they accept is
+// what they promise (an idempotency key of 1 to 255 printable ASCII
+// characters, taken as sent, quotes aside), and what they refuse is a
+// 400 invalid-header.
+func FuzzRequestHeaders(f *testing.F) {
+	for _, s := range []string{
+		"respond-async", "respond-async, wait=10", "wait=5", "wait=\"5\"", "wait=", "wait", "wait=-1", "wait=+5",
+		"wait=99999999999", "handling=lenient; foo=bar", "RESPOND-ASYNC", ",,,", ";", "=", "wait=5;x", `"abc"`, `"`, `""`,
+		"text/event-stream", "application/x-ndjson;q=0", "text/event-stream, application/x-ndjson", "*/*", "text/*;q=0.5",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		h := http.Header{"Prefer": {s}, "Accept": {s}, "Idempotency-Key": {s}}
+		for _, err := range []error{
+			func() error { _, err := parsePrefer(h); return err }(),
+			func() error { _, err := replyMode(h); return err }(),
+		} {
+			var bad *badInput
+			if err != nil && (!errors.As(err, &bad) || bad.kind != probInvalidHeader) {
+				t.Fatalf("%q: %v is not an invalid-header problem", s, err)
+			}
+		}
+		key, err := idempotencyKey(h)
+		if err != nil {
+			return
+		}
+		want := strings.TrimSpace(s)
+		if len(want) >= 2 && want[0] == '"' && want[len(want)-1] == '"' {
+			want = want[1 : len(want)-1]
+		}
+		if key != want || len(key) < 1 || len(key) > maxIdempotencyKey {
+			t.Fatalf("idempotencyKey(%q) = %q", s, key)
+		}
+		for i := 0; i < len(key); i++ {
+			if c := key[i]; c < 0x21 || c > 0x7e || c == '"' || c == '\\' {
+				t.Fatalf("idempotencyKey(%q) = %q, with %q", s, key, c)
+			}
+		}
+	})
 }

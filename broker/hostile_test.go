@@ -22,7 +22,6 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/eclipse/paho.golang/packets"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mqttgw/mqttgw/broker"
 	"github.com/mqttgw/mqttgw/broker/brokertest"
@@ -249,28 +248,7 @@ func heapInUse() int64 {
 // "name=value" or "".
 func metric(t *testing.T, b *broker.Broker, name, label string) float64 {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(b.Collectors()...)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			match := label == ""
-			for _, lp := range m.GetLabel() {
-				match = match || lp.GetName()+"="+lp.GetValue() == label
-			}
-			if match {
-				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no metric %s{%s}", name, label)
-	return 0
+	return gatewaytest.Metric(t, b.Collectors(), name, label)
 }
 
 // spy subscribes to "#" at QoS 1 on ep and never reads again.

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mqttgw/mqttgw/broker"
 	"github.com/mqttgw/mqttgw/broker/brokertest"
@@ -100,7 +99,7 @@ func TestAsyncCancel(t *testing.T) {
 		t.Fatal(err)
 	}
 	gatewaytest.Eventually(t, 5*time.Second, "the reply is counted as canceled", func() bool {
-		return metricValue(t, g, "mqttgw_canceled_replies_total") == 1
+		return gatewaytest.Metric(t, g.Collectors(), "mqttgw_canceled_replies_total", "") == 1
 	})
 	if r, _ := g.Lookup("", rec.ID); r.State != gateway.StateCanceled || r.Reply != nil {
 		t.Fatalf("record %+v, want canceled without a reply", r)
@@ -230,29 +229,6 @@ func TestAsyncOtherReplicaCapturesReply(t *testing.T) {
 	}
 }
 
-// metricValue reads the counter or gauge name from g's collectors.
-func metricValue(t *testing.T, g *gateway.Gateway, name string) float64 {
-	t.Helper()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(g.Collectors()...)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		m := mf.GetMetric()[0]
-		if c := m.GetCounter(); c != nil {
-			return c.GetValue()
-		}
-		return m.GetGauge().GetValue()
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
-}
-
 // Network clients may reply one level under the response prefix but not
 // write deeper, where the records are: a forged record would be another
 // API key's reply.
@@ -277,22 +253,5 @@ func TestRecordsCannotBeForged(t *testing.T) {
 // recordGauge reads mqttgw_request_records for state.
 func recordGauge(t testing.TB, g *gateway.Gateway, state string) int {
 	t.Helper()
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(g.Collectors()...)
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "mqttgw_request_records" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if m.GetLabel()[0].GetValue() == state {
-				return int(m.GetGauge().GetValue())
-			}
-		}
-	}
-	t.Fatalf("no mqttgw_request_records{state=%q}", state)
-	return 0
+	return int(gatewaytest.Metric(t, g.Collectors(), "mqttgw_request_records", "state="+state))
 }

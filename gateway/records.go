@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -280,15 +281,7 @@ func (s *recordStore) markDirty(id string) {
 
 // flush writes every dirty record now, for a clean shutdown.
 func (s *recordStore) flush(ctx context.Context) {
-	s.mu.Lock()
-	var batch []*Message
-	for id := range s.dirty {
-		if e, ok := s.recs[id]; ok {
-			batch = append(batch, s.encode(&e.Record))
-		}
-		delete(s.dirty, id)
-	}
-	s.mu.Unlock()
+	batch := s.takeDirty(math.MaxInt)
 	for _, m := range batch {
 		if err := s.store(ctx, m); err != nil {
 			s.log.Warn("request records not stored at shutdown", "records", len(batch), "error", err)
@@ -460,6 +453,24 @@ func (s *recordStore) stats() (counts [StateFailed + 1]int, bytes int64) {
 	return s.counts, s.bytes
 }
 
+// takeDirty returns the messages of up to n dirty records, which are
+// clean from then on.
+func (s *recordStore) takeDirty(n int) []*Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var batch []*Message
+	for id := range s.dirty {
+		if len(batch) == n {
+			break
+		}
+		if e, ok := s.recs[id]; ok {
+			batch = append(batch, s.encode(&e.Record))
+		}
+		delete(s.dirty, id)
+	}
+	return batch
+}
+
 // runWriter writes dirty records until ctx ends. A write that fails (no
 // connection) is retried: the record stays dirty.
 func (s *recordStore) runWriter(ctx context.Context) {
@@ -470,18 +481,7 @@ func (s *recordStore) runWriter(ctx context.Context) {
 		case <-s.kickWriter:
 		}
 		for {
-			s.mu.Lock()
-			var batch []*Message
-			for id := range s.dirty {
-				if e, ok := s.recs[id]; ok {
-					batch = append(batch, s.encode(&e.Record))
-				}
-				delete(s.dirty, id)
-				if len(batch) == 64 {
-					break
-				}
-			}
-			s.mu.Unlock()
+			batch := s.takeDirty(64)
 			if len(batch) == 0 {
 				break
 			}

@@ -108,8 +108,17 @@ func (g *Gateway) Stream(ctx context.Context, req Request, c Collect, sink Strea
 	if !g.pending.addStream(id, stopPublish, q) {
 		return StreamEnd{}, ErrClosed
 	}
-	// Whatever ends the stream, its later replies are late.
-	defer g.pending.remove(id)
+	// Whatever ends the stream, its later replies are late: those that
+	// come after it, and those that came but were not handed on.
+	var unread []result
+	defer func() {
+		g.pending.remove(id)
+		for _, r := range append(unread, q.take()...) {
+			if r.err == nil {
+				g.pending.late.Add(1)
+			}
+		}
+	}()
 	reached := -1
 	err = g.publishCounted(pubCtx, &Message{
 		Topic:           req.Topic,
@@ -142,7 +151,9 @@ func (g *Gateway) Stream(ctx context.Context, req Request, c Collect, sink Strea
 	for {
 		select {
 		case <-q.notify:
-			for _, r := range q.take() {
+			batch := q.take()
+			for i, r := range batch {
+				unread = batch[i+1:]
 				if r.err != nil {
 					end.Reason, end.Detail = failureReason(r.err), r.err.Error()
 					return end, nil
