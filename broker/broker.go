@@ -170,8 +170,10 @@ type Broker struct {
 	stats     connStats
 	// subscribed is told of every subscription a client makes.
 	subscribed signal
-	closeOnce  sync.Once
-	closeErr   error
+	// direct delivers replies to the gateway without mochi's topic index.
+	direct    *directHook
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // New creates the broker and binds its listeners, so that an address in
@@ -228,6 +230,10 @@ func New(cfg Config) (*Broker, error) {
 	// mochi ORs its auth hooks, so this must be the only one: next to an
 	// allow-all hook it would allow everything.
 	if err := b.srv.AddHook(hook, nil); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	b.direct = &directHook{}
+	if err := b.srv.AddHook(b.direct, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	if cfg.DataDir != "" {
@@ -328,7 +334,7 @@ func (b *Broker) WSAddr() string {
 // Transport returns a gateway.Transport that publishes and subscribes
 // inside this process, without a network connection.
 func (b *Broker) Transport() gateway.Transport {
-	return newInproc(b.srv, &b.subscribed)
+	return newInproc(b.srv, &b.subscribed, b.direct)
 }
 
 // Ready returns nil while every listener accepts connections, or why

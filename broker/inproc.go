@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -19,19 +20,21 @@ type inproc struct {
 	srv        *mqtt.Server
 	cl         *mqtt.Client
 	subscribed *signal
+	direct     *directHook
 
 	mu      sync.Mutex
 	filters []string // the gateway's subscriptions; nil when none. Lock should be held.
+	topics  []string // its direct topics (see directHook). Lock should be held.
 }
 
 // subscriptionID identifies the gateway's subscriptions among the
 // server's inline subscriptions; one gateway per broker uses it.
 const subscriptionID = 1
 
-func newInproc(srv *mqtt.Server, subscribed *signal) *inproc {
+func newInproc(srv *mqtt.Server, subscribed *signal, direct *directHook) *inproc {
 	cl := srv.NewClient(nil, mqtt.LocalListener, "mqttgw-gateway", true)
 	cl.Properties.ProtocolVersion = 5
-	return &inproc{srv: srv, cl: cl, subscribed: subscribed}
+	return &inproc{srv: srv, cl: cl, subscribed: subscribed, direct: direct}
 }
 
 var _ gateway.SubscriberWaiter = (*inproc)(nil)
@@ -63,27 +66,42 @@ func (t *inproc) hasSubscribers(topic string) bool {
 	return len(subs.Subscriptions)+len(subs.Shared)+len(subs.InlineSubscriptions) > 0
 }
 
+// Connect takes a filter without wildcards to be one of the gateway's
+// own reply topics, private to it: publishes there are handed to h as
+// mochi takes them in, and reach no subscription. Other filters are
+// inline subscriptions.
 func (t *inproc) Connect(_ context.Context, filters []string, h gateway.Handler) error {
-	handler := func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
-		h.HandleReply(fromPacket(pk))
+	deliver := func(pk packets.Packet) { h.HandleReply(fromPacket(pk)) }
+	handler := func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) { deliver(pk) }
+	var plain, topics []string
+	undo := func() {
+		for _, f := range plain {
+			_ = t.srv.Unsubscribe(f, subscriptionID)
+		}
+		for _, topic := range topics {
+			t.direct.set(topic, nil)
+		}
 	}
-	var plain []string
 	for _, f := range filters {
 		// One gateway serves the embedded broker: a shared subscription
 		// would only cost mochi's share selection on every reply.
 		f = gateway.StripShare(f)
+		if !strings.ContainsAny(f, "+#") {
+			// A reply topic: delivered as it comes in (directHook).
+			t.direct.set(f, deliver)
+			topics = append(topics, f)
+			continue
+		}
 		// mochi hands an inline subscription the retained messages
 		// under it (the stored request records) before Subscribe returns.
 		if err := t.srv.Subscribe(f, subscriptionID, handler); err != nil {
-			for _, done := range plain {
-				_ = t.srv.Unsubscribe(done, subscriptionID)
-			}
+			undo()
 			return err
 		}
 		plain = append(plain, f)
 	}
 	t.mu.Lock()
-	t.filters = plain
+	t.filters, t.topics = plain, topics
 	t.mu.Unlock()
 	// In-process, the subscriptions are in place as soon as Subscribe
 	// returns, and the connection can't drop.
@@ -143,9 +161,12 @@ func (t *inproc) PublishReach(_ context.Context, m *gateway.Message) (int, error
 
 func (t *inproc) Close(context.Context) error {
 	t.mu.Lock()
-	filters := t.filters
-	t.filters = nil
+	filters, topics := t.filters, t.topics
+	t.filters, t.topics = nil, nil
 	t.mu.Unlock()
+	for _, topic := range topics {
+		t.direct.set(topic, nil)
+	}
 	var errs []error
 	for _, f := range filters {
 		errs = append(errs, t.srv.Unsubscribe(f, subscriptionID))
