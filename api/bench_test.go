@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/mqttgw/mqttgw/broker"
 	"github.com/mqttgw/mqttgw/gateway"
@@ -47,9 +48,11 @@ type discardWriter struct {
 	body   bytes.Buffer
 }
 
-func (w *discardWriter) Header() http.Header         { return w.h }
-func (w *discardWriter) WriteHeader(status int)      { w.status = status }
-func (w *discardWriter) Write(b []byte) (int, error) { return w.body.Write(b) }
+func (w *discardWriter) Header() http.Header              { return w.h }
+func (w *discardWriter) SetReadDeadline(time.Time) error  { return nil }
+func (w *discardWriter) SetWriteDeadline(time.Time) error { return nil }
+func (w *discardWriter) WriteHeader(status int)           { w.status = status }
+func (w *discardWriter) Write(b []byte) (int, error)      { return w.body.Write(b) }
 
 // BenchmarkGatewayPath measures the gateway's own path: an HTTP request
 // handed to the API's handler, published on the embedded broker, echoed

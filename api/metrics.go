@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"time"
@@ -88,18 +89,24 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			route = "unmatched"
 		}
 		s.metrics.httpRequests.WithLabelValues(route, methodLabel(r.Method), strconv.Itoa(status)).Inc()
-		attrs := []any{
-			"method", r.Method,
-			"path", r.URL.EscapedPath(),
-			"status", status,
-			"duration", time.Since(start),
-			"request_id", middleware.GetReqID(r.Context()),
-			"client_ip", s.clientIP(r),
+		// Typed attributes, built only when the line is written: this
+		// runs for every request.
+		if !s.log.Enabled(r.Context(), slog.LevelInfo) {
+			return
 		}
+		attrs := make([]slog.Attr, 0, 8)
+		attrs = append(attrs,
+			slog.String("method", r.Method),
+			slog.String("path", r.URL.EscapedPath()),
+			slog.Int("status", status),
+			slog.Duration("duration", time.Since(start)),
+			slog.String("request_id", middleware.GetReqID(r.Context())),
+			slog.String("client_ip", s.clientIP(r)),
+		)
 		if info.topic != "" {
-			attrs = append(attrs, "topic", info.topic, "outcome", info.outcome)
+			attrs = append(attrs, slog.String("topic", info.topic), slog.String("outcome", info.outcome))
 		}
-		s.log.InfoContext(r.Context(), "request", attrs...)
+		s.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 	})
 }
 

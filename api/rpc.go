@@ -88,6 +88,8 @@ func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
 	s.metrics.rpcRequests.WithLabelValues("ok").Inc()
 }
 
+var nosniffValue = []string{"nosniff"}
+
 // writeReply answers with a responder's reply: the status from its
 // http-status property, its content type, user properties and payload.
 // It writes nothing when the reply can't be an HTTP response.
@@ -98,7 +100,9 @@ func (s *Server) writeReply(w http.ResponseWriter, reply gateway.Reply) error {
 	}
 	h := w.Header()
 	h.Set("Content-Type", replyContentType(reply.ContentType))
-	h.Set("X-Content-Type-Options", "nosniff")
+	// A shared value: a header with a len == cap slice is only ever
+	// copied by Add, never written through, and Set replaces it.
+	h["X-Content-Type-Options"] = nosniffValue
 	for _, p := range reply.UserProperties {
 		v := p.Key + "=" + p.Value
 		if !httpguts.ValidHeaderFieldValue(v) {
