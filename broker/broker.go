@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -171,9 +172,11 @@ type Broker struct {
 	// subscribed is told of every subscription a client makes.
 	subscribed signal
 	// direct delivers replies to the gateway without mochi's topic index.
-	direct    *directHook
-	closeOnce sync.Once
-	closeErr  error
+	direct *directHook
+	// subscriptions counts changes to the topic index (limitsHook).
+	subscriptions atomic.Uint64
+	closeOnce     sync.Once
+	closeErr      error
 }
 
 // New creates the broker and binds its listeners, so that an address in
@@ -241,7 +244,7 @@ func New(cfg Config) (*Broker, error) {
 			return nil, err
 		}
 	}
-	limits := &limitsHook{maxKeepAlive: uint16(cfg.MaxKeepAlive / time.Second), maxPacket: uint32(cfg.MaxPacketSize), subscribed: &b.subscribed, srv: b.srv}
+	limits := &limitsHook{maxKeepAlive: uint16(cfg.MaxKeepAlive / time.Second), maxPacket: uint32(cfg.MaxPacketSize), subscribed: &b.subscribed, srv: b.srv, subscriptions: &b.subscriptions}
 	if err := b.srv.AddHook(limits, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
@@ -334,7 +337,7 @@ func (b *Broker) WSAddr() string {
 // Transport returns a gateway.Transport that publishes and subscribes
 // inside this process, without a network connection.
 func (b *Broker) Transport() gateway.Transport {
-	return newInproc(b.srv, &b.subscribed, b.direct)
+	return newInproc(b.srv, &b.subscribed, b.direct, &b.subscriptions)
 }
 
 // Ready returns nil while every listener accepts connections, or why

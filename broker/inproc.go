@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -21,6 +22,11 @@ type inproc struct {
 	cl         *mqtt.Client
 	subscribed *signal
 	direct     *directHook
+	// reach caches how many subscribers a topic has, valid while the
+	// topic index's change count (subscriptions) is what it was.
+	subscriptions *atomic.Uint64
+	reach         sync.Map // topic → reachCount
+	reachSize     atomic.Int64
 
 	mu      sync.Mutex
 	filters []string // the gateway's subscriptions; nil when none. Lock should be held.
@@ -31,10 +37,42 @@ type inproc struct {
 // server's inline subscriptions; one gateway per broker uses it.
 const subscriptionID = 1
 
-func newInproc(srv *mqtt.Server, subscribed *signal, direct *directHook) *inproc {
+func newInproc(srv *mqtt.Server, subscribed *signal, direct *directHook, subscriptions *atomic.Uint64) *inproc {
 	cl := srv.NewClient(nil, mqtt.LocalListener, "mqttgw-gateway", true)
 	cl.Properties.ProtocolVersion = 5
-	return &inproc{srv: srv, cl: cl, subscribed: subscribed, direct: direct}
+	return &inproc{srv: srv, cl: cl, subscribed: subscribed, direct: direct, subscriptions: subscriptions}
+}
+
+type reachCount struct {
+	generation uint64
+	n          int
+}
+
+// maxReachCache bounds the cached counts; a gateway sending to more
+// topics than this starts over.
+const maxReachCache = 4096
+
+// reached is how many subscriptions a publish on topic goes to: each
+// client once, however many of its subscriptions match (mochi delivers
+// one copy), each shared group once, and each inline one. mochi's topic
+// index copies every matching subscription to answer, and InjectPacket
+// asks it again to deliver: the count is cached until the index changes,
+// so that a request asks once.
+func (t *inproc) reached(topic string) int {
+	gen := t.subscriptions.Load()
+	if v, ok := t.reach.Load(topic); ok {
+		if c := v.(reachCount); c.generation == gen {
+			return c.n
+		}
+	}
+	subs := t.srv.Topics.Subscribers(topic)
+	n := len(subs.Subscriptions) + len(subs.Shared) + len(subs.InlineSubscriptions)
+	if t.reachSize.Add(1) > maxReachCache {
+		t.reach.Clear()
+		t.reachSize.Store(0)
+	}
+	t.reach.Store(topic, reachCount{generation: gen, n: n})
+	return n
 }
 
 var _ gateway.SubscriberWaiter = (*inproc)(nil)
@@ -62,8 +100,7 @@ func (t *inproc) Subscribed() <-chan struct{} { return t.subscribed.wait() }
 // hasSubscribers asks mochi's subscription index: mochi never answers
 // 0x10 (no matching subscribers) itself.
 func (t *inproc) hasSubscribers(topic string) bool {
-	subs := t.srv.Topics.Subscribers(topic)
-	return len(subs.Subscriptions)+len(subs.Shared)+len(subs.InlineSubscriptions) > 0
+	return t.reached(topic) > 0
 }
 
 // Connect takes a filter without wildcards to be one of the gateway's
@@ -116,14 +153,11 @@ func (t *inproc) Publish(ctx context.Context, m *gateway.Message) error {
 	return err
 }
 
-// PublishReach publishes m and returns how many subscriptions it went to:
-// each client once, however many of its subscriptions match (mochi
-// delivers one copy), each shared group once, and each inline one. A
-// subscriber the broker then doesn't deliver to (an ACL, a congested
-// client) is counted all the same.
+// PublishReach publishes m and returns how many subscriptions it went to
+// (see reached). A subscriber the broker then doesn't deliver to (an
+// ACL, a congested client) is counted all the same.
 func (t *inproc) PublishReach(_ context.Context, m *gateway.Message) (int, error) {
-	subs := t.srv.Topics.Subscribers(m.Topic)
-	reached := len(subs.Subscriptions) + len(subs.Shared) + len(subs.InlineSubscriptions)
+	reached := t.reached(m.Topic)
 	// A request nobody can answer is not published; a publication is
 	// (it may be retained, and is no one's business if not).
 	noSubscribers := reached == 0

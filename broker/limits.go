@@ -2,6 +2,7 @@ package broker
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -23,6 +24,9 @@ type limitsHook struct {
 	subscribed *signal
 	// srv finds the session a connecting client takes over.
 	srv *mqtt.Server
+	// subscriptions counts changes to the topic index, so that counts of
+	// a topic's subscribers taken at one count stay valid until the next.
+	subscriptions *atomic.Uint64
 }
 
 func (h *limitsHook) ID() string { return "mqttgw-limits" }
@@ -30,7 +34,8 @@ func (h *limitsHook) ID() string { return "mqttgw-limits" }
 func (h *limitsHook) Provides(b byte) bool {
 	// Asked for every packet sent: a switch, not a slice search.
 	switch b {
-	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped, mqtt.OnSubscribed, mqtt.OnSessionEstablish:
+	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped,
+		mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnClientExpired, mqtt.OnSessionEstablish:
 		return true
 	}
 	return false
@@ -115,7 +120,26 @@ func (h *limitsHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 // OnSubscribed wakes the requests waiting for a responder; each checks
 // whether the new subscription is one for its topic.
 func (h *limitsHook) OnSubscribed(*mqtt.Client, packets.Packet, []byte) {
+	h.subscriptions.Add(1)
 	h.subscribed.notify()
+}
+
+// OnUnsubscribed is told of every subscription removed: by UNSUBSCRIBE,
+// by a clean session's end, and by OnClientExpired.
+func (h *limitsHook) OnUnsubscribed(*mqtt.Client, packets.Packet) {
+	h.subscriptions.Add(1)
+}
+
+// OnClientExpired removes the subscriptions of a session that expired.
+// mochi forgets the client but leaves its subscriptions in the topic
+// index, where they go on counting as subscribers for ever: a request
+// would be published to nobody and end in 504 rather than 503, and an
+// async request would count as delivered.
+func (h *limitsHook) OnClientExpired(cl *mqtt.Client) {
+	if h.srv != nil {
+		h.srv.UnsubscribeClient(cl)
+	}
+	h.subscriptions.Add(1)
 }
 
 // signal wakes every goroutine waiting on it, each time notify is called.

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sort"
 	"testing"
@@ -17,6 +18,13 @@ import (
 // receives.
 func connectSession(t *testing.T, addr, id string) (*paho.Client, <-chan *paho.Publish, bool) {
 	t.Helper()
+	return connectSessionFor(t, addr, id, 3600)
+}
+
+// connectSessionFor is connectSession with a Session Expiry of expiry
+// seconds.
+func connectSessionFor(t *testing.T, addr, id string, expiry uint32) (*paho.Client, <-chan *paho.Publish, bool) {
+	t.Helper()
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -27,7 +35,6 @@ func connectSession(t *testing.T, addr, id string) (*paho.Client, <-chan *paho.P
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	expiry := uint32(3600)
 	ack, err := c.Connect(ctx, &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: false,
 		Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry}})
 	if err != nil || ack.ReasonCode != 0 {
@@ -113,4 +120,41 @@ func TestDataDirKeepsQueuedMessages(t *testing.T) {
 		}
 	}
 	t.Fatalf("after the restart the session got %v, with the expired one", topics)
+}
+
+// An expired session's subscriptions stop counting: a request to its
+// topic is refused as having no responder, not published to nobody.
+func TestExpiredSessionIsNoSubscriber(t *testing.T) {
+	t.Parallel()
+	b, err := New(Config{TCPAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	c, _, _ := connectSessionFor(t, b.Addr(), "brief", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "brief/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Disconnect(&paho.Disconnect{})
+	tr := b.Transport()
+	request := &gateway.Message{Topic: "brief/cmd", QoS: 1, ResponseTopic: "mqttgw/reply/x", CorrelationData: []byte("1")}
+	if err := tr.Publish(ctx, request); err != nil {
+		t.Fatalf("while the session lives: %v", err)
+	}
+	deadline := time.Now().Add(6 * time.Second)
+	for {
+		err := tr.Publish(ctx, request)
+		if errors.Is(err, gateway.ErrNoResponders) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the session expired 1s after it ended, but its subscription still counts: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }

@@ -117,6 +117,19 @@ type pahoTransport struct {
 	// maxPacket is the broker's Maximum Packet Size from its CONNACK, 0
 	// for none. Lock should be held.
 	maxPacket uint32
+	// publishing is read-locked by every Publish, and write-locked once
+	// by OnConnectionDown, which autopaho calls before it reconnects:
+	// paho.golang v0.23.0 races a publish still in AddToSession against
+	// the next connection's ConAckReceived on the session state they
+	// share (eclipse-paho/paho.golang#341, #343; fixed after v0.23.0).
+	// OnConnectionDown first ends the publishes of the lost connection
+	// (connDown), which would otherwise wait for their context; those
+	// that begin after it fail at once (autopaho has no client then).
+	publishing sync.RWMutex
+	// conn ends when the current connection is lost; nil while there is
+	// none. Lock should be held.
+	conn     context.Context
+	connLost context.CancelFunc
 }
 
 func (t *pahoTransport) Connect(_ context.Context, filters []string, h Handler) error {
@@ -142,6 +155,7 @@ func (t *pahoTransport) Connect(_ context.Context, filters []string, h Handler) 
 			}
 			t.epoch++
 			epoch := t.epoch
+			t.conn, t.connLost = context.WithCancel(context.Background())
 			t.maxPacket = 0
 			if ack != nil && ack.Properties != nil && ack.Properties.MaximumPacketSize != nil {
 				t.maxPacket = *ack.Properties.MaximumPacketSize
@@ -158,12 +172,19 @@ func (t *pahoTransport) Connect(_ context.Context, filters []string, h Handler) 
 			t.mu.Lock()
 			t.epoch++
 			closed := t.closed
+			if t.connLost != nil {
+				t.connLost()
+				t.conn, t.connLost = nil, nil
+			}
 			t.mu.Unlock()
 			if !closed {
 				// Why is logged by OnClientError or OnServerDisconnect;
 				// autopaho calls them in goroutines of their own.
 				h.ConnectionDown(errors.New("connection to the broker lost"))
 			}
+			t.publishing.Lock()
+			//lint:ignore SA2001 empty on purpose: it waits for the publishes in flight
+			t.publishing.Unlock()
 			return true // keep reconnecting
 		},
 		OnConnectError: func(err error) {
@@ -250,12 +271,18 @@ func (t *pahoTransport) subscribe(ctx context.Context, cm *autopaho.ConnectionMa
 }
 
 func (t *pahoTransport) Publish(ctx context.Context, m *Message) error {
+	t.publishing.RLock()
+	defer t.publishing.RUnlock()
 	t.mu.Lock()
-	cm, maxPacket := t.cm, t.maxPacket
+	cm, maxPacket, conn := t.cm, t.maxPacket, t.conn
 	t.mu.Unlock()
-	if cm == nil {
+	if cm == nil || conn == nil {
 		return ErrNotConnected
 	}
+	// The publish ends with its connection (see publishing).
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(conn, cancel)()
 	// paho does not enforce the broker's limit, and a broker that gets a
 	// larger packet drops the connection [MQTT-3.1.2-24]: every request
 	// in flight would fail with this one.
@@ -285,6 +312,8 @@ func (t *pahoTransport) Publish(ctx context.Context, m *Message) error {
 		return perr
 	case err == nil:
 		return nil
+	case conn.Err() != nil && err != nil:
+		return fmt.Errorf("%w: the connection was lost before the broker acknowledged the publish", ErrNotConnected)
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
 		return err
 	case errors.Is(err, paho.ErrInvalidArguments):

@@ -40,6 +40,10 @@ type Responder struct {
 	handled atomic.Int64
 	ctx     context.Context
 
+	// publishing is read-locked while a reply is sent; see
+	// OnConnectionDown.
+	publishing sync.RWMutex
+
 	mu       sync.Mutex
 	stopped  bool           // Lock should be held.
 	inflight sync.WaitGroup // Add only with the lock held and !stopped.
@@ -93,6 +97,15 @@ func startResponder(tb testing.TB, serverURL string, o ClientOptions, filter str
 		ConnectTimeout:                5 * time.Second,
 		// Tests restart brokers: come back quickly.
 		ReconnectBackoff: autopaho.NewConstantBackoff(100 * time.Millisecond),
+		// Before reconnecting, wait for the replies being sent: paho.golang
+		// v0.23.0 races a publish against the next connection's CONNACK
+		// on their shared session state (eclipse-paho/paho.golang#341).
+		OnConnectionDown: func() bool {
+			r.publishing.Lock()
+			//lint:ignore SA2001 empty on purpose: it waits for the replies in flight
+			r.publishing.Unlock()
+			return true
+		},
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, _ *paho.Connack) {
 			// OnConnectionUp must not block: subscribe elsewhere.
 			go func() {
@@ -188,7 +201,9 @@ func (r *Responder) send(req, reply *paho.Publish) {
 		cm := r.cm
 		r.mu.Unlock()
 		if cm != nil {
+			r.publishing.RLock()
 			_, _ = cm.Publish(ctx, reply)
+			r.publishing.RUnlock()
 			return
 		}
 		select {
