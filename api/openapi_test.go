@@ -147,6 +147,7 @@ func TestOpenAPIProblemTypes(t *testing.T) {
 		probNoResponders, probBrokerUnavailable, probShuttingDown, probTimeout, probInternal,
 		probUnauthorized, probForbidden, probBodyTimeout, probOverloaded,
 		probRequestNotFound, probNotAnswered, probRequestEnded, probStoreFull, probKeyReused, probKeyInFlight,
+		probInvalidBatch,
 	}
 	specStatus := map[string][]int{} // problem type → statuses the spec gives it
 	for name, ref := range doc.Components.Schemas {
@@ -1478,6 +1479,15 @@ func requestsCases() []liveCase {
 			lookup: lookupSeq("", testRecord(gateway.StatePublished)),
 			status: 400, slug: "invalid-header", detail: "wait",
 		},
+		// POST /batch: what the whole batch is refused for.
+		{name: "400 batch as text/plain", target: "/batch", header: [][2]string{{"Content-Type", "text/plain"}},
+			reqBody: []byte(`[{"topic":"a"}]`), status: 400, slug: "invalid-header", detail: "application/x-ndjson", specRejects: true},
+		{name: "400 empty batch", target: "/batch", header: [][2]string{{"Content-Type", "application/json"}},
+			reqBody: []byte(`[]`), status: 400, slug: "invalid-batch", detail: "no requests"},
+		{name: "400 batch with a stray parameter", target: "/batch?qos=1", header: [][2]string{{"Content-Type", "application/json"}},
+			reqBody: []byte(`[{"topic":"a"}]`), status: 400, slug: "invalid-parameter", detail: "qos"},
+		{name: "413 batch above --max-body", target: "/batch", header: [][2]string{{"Content-Type", "application/json"}},
+			reqBody: tooLargeBody, status: 413, slug: "body-too-large", detail: "--max-body", specRejects: true},
 		{name: "405 POST /requests/{id}", target: testRequestPath, status: 405, slug: "method-not-allowed", unrouted: true,
 			hdr: map[string][]string{"Allow": {"GET, DELETE"}}},
 		{name: "405 PUT /requests/{id}/reply", method: http.MethodPut, target: testRequestPath + "/reply", status: 405, slug: "method-not-allowed", unrouted: true,

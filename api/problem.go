@@ -33,6 +33,7 @@ var (
 	probInvalidTopic      = problemKind{"invalid-topic", "Invalid topic", http.StatusBadRequest, 0, "invalid"}
 	probInvalidParameter  = problemKind{"invalid-parameter", "Invalid query parameter", http.StatusBadRequest, 0, "invalid"}
 	probInvalidHeader     = problemKind{"invalid-header", "Invalid header", http.StatusBadRequest, 0, "invalid"}
+	probInvalidBatch      = problemKind{"invalid-batch", "Invalid batch", http.StatusBadRequest, 0, "invalid"}
 	probUnauthorized      = problemKind{"unauthorized", "Unauthorized", http.StatusUnauthorized, 0, "unauthorized"}
 	probForbidden         = problemKind{"forbidden", "Forbidden", http.StatusForbidden, 0, "forbidden"}
 	probBodyTimeout       = problemKind{"body-timeout", "Request body too slow", http.StatusRequestTimeout, 0, "invalid"}

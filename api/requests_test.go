@@ -44,7 +44,8 @@ func asyncServer(t *testing.T, gcfg gateway.Config) (base, brokerURL string) {
 	path := filepath.Join(t.TempDir(), "keys.yaml")
 	gatewaytest.WriteKeys(t, path,
 		gatewaytest.Key{Name: "alice", Key: "alice-key-0123456789abcdef", Topics: []string{"#"}},
-		gatewaytest.Key{Name: "bob", Key: "bob-key-0123456789abcdef01", Topics: []string{"#"}})
+		gatewaytest.Key{Name: "bob", Key: "bob-key-0123456789abcdef01", Topics: []string{"#"}},
+		gatewaytest.Key{Name: "carol", Key: carol, Topics: []string{"allowed/#"}})
 	auth, err := NewAuthenticator(path)
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +59,7 @@ func asyncServer(t *testing.T, gcfg gateway.Config) (base, brokerURL string) {
 const (
 	alice = "alice-key-0123456789abcdef"
 	bob   = "bob-key-0123456789abcdef01"
+	carol = "carol-key-0123456789abcdef" // may publish under allowed/ only
 )
 
 // call sends method url with key and headers (name, value, ...).

@@ -28,6 +28,7 @@ func (s *Server) routes() http.Handler {
 	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gather, promhttp.HandlerOpts{}))
 	r.Post("/rpc/*", s.rpc)
 	r.Post("/publish/*", s.publish)
+	r.Post("/batch", s.batch)
 	r.Get("/requests/{id}", s.getRequest)
 	r.Delete("/requests/{id}", s.cancelRequest)
 	r.Get("/requests/{id}/reply", s.getReply)

@@ -54,6 +54,9 @@ type Config struct {
 	// MaxReplies is the most replies a stream or gather takes, and the
 	// largest ?max-replies; default 1000.
 	MaxReplies int
+	// MaxBatch is the most requests one POST /batch may carry; default
+	// 1000.
+	MaxBatch int
 	// MaxReply bounds a gather's replies in all, in bytes, as the
 	// gateway bounds each reply; default gateway.DefaultMaxReply.
 	MaxReply int
@@ -90,6 +93,7 @@ func DefaultConfig() Config {
 		MaxTTL:          7 * 24 * time.Hour,
 		ResultTTL:       gateway.DefaultResultTTL,
 		MaxReplies:      1000,
+		MaxBatch:        1000,
 		MaxReply:        gateway.DefaultMaxReply,
 		ReservedPrefix:  gateway.DefaultResponsePrefix,
 		MaxInflight:     DefaultMaxInflight(),
@@ -117,6 +121,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("max ttl %s must be from 1s to %s", c.MaxTTL, maxTTL)
 	case c.DefaultTTL < time.Second || c.DefaultTTL > c.MaxTTL:
 		return fmt.Errorf("ttl %s must be from 1s to the max ttl %s", c.DefaultTTL, c.MaxTTL)
+	case c.MaxBatch < 1:
+		return fmt.Errorf("max batch must be at least 1, not %d", c.MaxBatch)
 	case c.MaxReplies < 1:
 		return fmt.Errorf("max replies must be at least 1, not %d", c.MaxReplies)
 	case c.MaxReply < 1:

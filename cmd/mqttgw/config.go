@@ -125,6 +125,7 @@ func flagSet(cfg *config, raw *rawFlags) *flag.FlagSet {
 	fs.DurationVar(&cfg.API.DefaultTTL, "ttl", cfg.API.DefaultTTL, "default TTL of an async request (Prefer: respond-async): how long it may wait for a responder and its reply (a request's ?ttl overrides it)")
 	fs.DurationVar(&cfg.API.MaxTTL, "max-ttl", cfg.API.MaxTTL, "largest ?ttl a client may ask for")
 	fs.DurationVar(&cfg.API.ResultTTL, "result-ttl", cfg.API.ResultTTL, "how long a request's record and reply are kept after it ends, and how long a timed-out request (504) waits for a late reply")
+	fs.IntVar(&cfg.API.MaxBatch, "max-batch", cfg.API.MaxBatch, "most requests one POST /batch may carry (its whole body is bounded by --max-body)")
 	fs.IntVar(&cfg.API.MaxReplies, "max-replies", cfg.API.MaxReplies, "most replies a stream (Accept: text/event-stream or application/x-ndjson) or gather (?collect, ?max-replies) takes, and the largest ?max-replies")
 	fs.IntVar(&cfg.MaxRecords, "max-records", 100_000, "most request records kept (async requests, timed-out ones, idempotency keys); beyond it 503 store-full")
 	fs.Var(&raw.recordBytes, "max-record-bytes", "most bytes of request records kept, payloads and replies included; beyond it 503 store-full")
