@@ -337,7 +337,12 @@ func TestSubscriberThatDoesNotRead(t *testing.T) {
 						t.Fatal("no delivery counted as dropped")
 					}
 				case broker.SlowDisconnect:
-					if n := metric(t, b, "mqttgw_embedded_broker_slow_disconnects_total", "reason=buffer_full"); n != 1 {
+					// At least the spy. On a machine busy with other work
+					// the responder, which gets 100 KiB requests as fast as
+					// the gateway can publish them, may fall behind for a
+					// moment too; it reconnects, and every request above
+					// has still been answered.
+					if n := metric(t, b, "mqttgw_embedded_broker_slow_disconnects_total", "reason=buffer_full"); n < 1 {
 						t.Fatalf("%v slow clients disconnected, want the spy", n)
 					}
 				}
