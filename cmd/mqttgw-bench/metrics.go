@@ -31,25 +31,16 @@ var (
 // exposition at url and returns their values; a name it lacks is an
 // error, so a renamed metric is noticed rather than read as 0.
 func scrape(ctx context.Context, url string, names ...string) (map[string]float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	sc, done, err := metricLines(ctx, url)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := metricsClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
+	defer done()
 	want := make(map[string]bool, len(names))
 	for _, n := range names {
 		want[n] = true
 	}
 	got := make(map[string]float64, len(names))
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
 		if line == "" || line[0] == '#' {
@@ -87,18 +78,12 @@ var trouble = []string{"dropped", "late_replies", "unknown_replies", "duplicate_
 // troubleCounters returns the series of mqttgw's /metrics whose name
 // contains one of trouble and whose value is not 0, as "name value".
 func troubleCounters(ctx context.Context, url string) ([]string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	sc, done, err := metricLines(ctx, url)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := metricsClient.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
+	defer done()
 	var out []string
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
 		if line == "" || line[0] == '#' || !strings.HasPrefix(line, "mqttgw_") {
@@ -116,4 +101,24 @@ func troubleCounters(ctx context.Context, url string) ([]string, error) {
 		}
 	}
 	return out, sc.Err()
+}
+
+// metricLines GETs the Prometheus text exposition at url and returns a
+// scanner over its lines, and what closes the response.
+func metricLines(ctx context.Context, url string) (*bufio.Scanner, func(), error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := metricsClient.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	return sc, func() { resp.Body.Close() }, nil
 }
