@@ -204,7 +204,7 @@ func New(cfg Config) (*Broker, error) {
 		return nil, errors.New("broker: a TLS listener address needs a TLS configuration")
 	}
 
-	hook := &accessHook{prefix: cfg.ResponsePrefix, dropSlow: cfg.SlowSubscribers == SlowDrop}
+	hook := &accessHook{prefix: cfg.ResponsePrefix, dropSlow: cfg.SlowSubscribers == SlowDrop, sizes: &publishSizes{}}
 	// Read the users file before binding anything, so that a bad file
 	// leaves no listener behind.
 	if cfg.UsersFile != "" {
@@ -244,7 +244,7 @@ func New(cfg Config) (*Broker, error) {
 			return nil, err
 		}
 	}
-	limits := &limitsHook{maxKeepAlive: uint16(cfg.MaxKeepAlive / time.Second), maxPacket: uint32(cfg.MaxPacketSize), subscribed: &b.subscribed, srv: b.srv, subscriptions: &b.subscriptions}
+	limits := &limitsHook{maxKeepAlive: uint16(cfg.MaxKeepAlive / time.Second), maxPacket: uint32(cfg.MaxPacketSize), subscribed: &b.subscribed, srv: b.srv, subscriptions: &b.subscriptions, sizes: hook.sizes}
 	if err := b.srv.AddHook(limits, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}

@@ -238,15 +238,18 @@ func (c *conn) signal() {
 }
 
 // congested reports whether the client has used up its share of memory:
-// its write queue could not take another packet of the largest size, or
-// mochi keeps a write buffer's worth of deliveries for it until it
-// acknowledges them (a client that reads but never sends PUBACK costs as
-// much as one that doesn't read). A client thus holds at most about twice
-// the write buffer.
-func (c *conn) congested() bool {
+// its write queue could not take a packet of size bytes (the largest
+// packet when size is 0: unknown), or mochi keeps a write buffer's worth
+// of deliveries for it until it acknowledges them (a client that reads
+// but never sends PUBACK costs as much as one that doesn't read). A
+// client thus holds at most about twice the write buffer.
+func (c *conn) congested(size int) bool {
+	if size <= 0 || size > c.lim.maxPacket {
+		size = c.lim.maxPacket
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.pending+c.lim.maxPacket > c.lim.writeBuffer || c.unackedBytes >= c.lim.writeBuffer
+	return c.pending+size > c.lim.writeBuffer || c.unackedBytes >= c.lim.writeBuffer
 }
 
 // holdUnacked records a delivery mochi keeps until it is acknowledged.

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -254,4 +255,41 @@ func FuzzConnFraming(f *testing.F) {
 			t.Fatalf("read %x from %x: not a prefix", out, in)
 		}
 	})
+}
+
+// A client is congested for a delivery that its write queue can't take:
+// a small message still fits where the largest packet would not.
+func TestConnCongestionFollowsTheMessage(t *testing.T) {
+	lim := testLimits()  // 1 MiB packets, 2 MiB buffer
+	c, _ := pipe(t, lim) // nobody reads the other end
+	c.mu.Lock()
+	c.pending = 1536 << 10 // what the writer could not send yet
+	c.mu.Unlock()
+	if !c.congested(0) {
+		t.Error("with the size unknown, the largest packet must be reserved")
+	}
+	if c.congested(64 << 10) {
+		t.Error("a 64 KiB message fits in the 512 KiB left, but the client counts as congested")
+	}
+	if !c.congested(600 << 10) {
+		t.Error("a 600 KiB message does not fit in the 512 KiB left")
+	}
+	if !c.congested(8 << 20) {
+		t.Error("a size above the largest packet must count as the largest")
+	}
+	var sizes publishSizes
+	if sizes.get("a/b") != 0 {
+		t.Fatal("an unknown topic has a size")
+	}
+	sizes.set("a/b", 100)
+	sizes.set("a/b", 200)
+	if got := sizes.get("a/b"); got != 200 {
+		t.Fatalf("size %d, want the latest, 200", got)
+	}
+	for i := range maxSizes + 1 {
+		sizes.set(fmt.Sprint(i), 1)
+	}
+	if n := sizes.n.Load(); n > maxSizes {
+		t.Fatalf("%d topics remembered, above %d", n, maxSizes)
+	}
 }

@@ -31,6 +31,9 @@ type accessHook struct {
 	// congested (see conn); stats counts them.
 	dropSlow bool
 	stats    *connStats
+	// sizes tells how large the message being delivered is, so that a
+	// client is judged congested by it rather than by the largest packet.
+	sizes *publishSizes
 	// users is the users file; nil means anonymous access. Checks read
 	// its content once each, so a ReloadUsers applies to every later
 	// check, including those of clients already connected.
@@ -129,7 +132,7 @@ func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 	// the client's lock for a packet id: refusing is the one way to drop
 	// a message that leaves mochi's session state consistent. A SUBSCRIBE
 	// asks here too and is refused while the client is congested.
-	if c, ok := cl.Net.Conn.(*conn); ok && c.congested() {
+	if c, ok := cl.Net.Conn.(*conn); ok && c.congested(h.sizes.get(topic)) {
 		if h.dropSlow {
 			h.stats.droppedDeliveries.Add(1)
 		} else if !cl.Closed() {

@@ -27,6 +27,8 @@ type limitsHook struct {
 	// subscriptions counts changes to the topic index, so that counts of
 	// a topic's subscribers taken at one count stay valid until the next.
 	subscriptions *atomic.Uint64
+	// sizes learns the size of each publish on its way to subscribers.
+	sizes *publishSizes
 }
 
 func (h *limitsHook) ID() string { return "mqttgw-limits" }
@@ -35,7 +37,7 @@ func (h *limitsHook) Provides(b byte) bool {
 	// Asked for every packet sent: a switch, not a slice search.
 	switch b {
 	case mqtt.OnConnect, mqtt.OnPacketEncode, mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped,
-		mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnClientExpired, mqtt.OnSessionEstablish:
+		mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnClientExpired, mqtt.OnSessionEstablish, mqtt.OnPublish:
 		return true
 	}
 	return false
@@ -117,6 +119,16 @@ func (h *limitsHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	}
 }
 
+// OnPublish notes the size of a publish before mochi delivers it (see
+// publishSizes).
+func (h *limitsHook) OnPublish(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if h.sizes != nil {
+		// The encoded packet: publishSize plus each property's framing.
+		h.sizes.set(pk.TopicName, publishSize(pk)+8*len(pk.Properties.User)+32)
+	}
+	return pk, nil
+}
+
 // OnSubscribed wakes the requests waiting for a responder; each checks
 // whether the new subscription is one for its topic.
 func (h *limitsHook) OnSubscribed(*mqtt.Client, packets.Packet, []byte) {
@@ -165,4 +177,41 @@ func (s *signal) notify() {
 		close(s.ch)
 		s.ch = nil
 	}
+}
+
+// publishSizes holds the size of the latest publish on each topic, from
+// OnPublish (which mochi calls before it delivers a publish) to
+// OnACLCheck (which it calls for each delivery, with the topic only).
+// Judging congestion by the largest possible packet instead would drop
+// deliveries to a client with a few MiB queued whenever --max-reply is
+// large: 64 requests of 64 KiB in flight to one responder were enough.
+// Two publishes of different sizes on one topic at once may let the
+// smaller one's size stand for the larger: that client, close to full
+// anyway, is then disconnected as slow rather than dropped from.
+type publishSizes struct {
+	m sync.Map // topic → int
+	n atomic.Int64
+}
+
+// maxSizes bounds the topics remembered; past it, they start over.
+const maxSizes = 4096
+
+func (p *publishSizes) set(topic string, size int) {
+	if old, loaded := p.m.Swap(topic, size); !loaded || old == nil {
+		if p.n.Add(1) > maxSizes {
+			p.m.Clear()
+			p.n.Store(0)
+		}
+	}
+}
+
+// get is the size noted for topic, 0 when unknown.
+func (p *publishSizes) get(topic string) int {
+	if p == nil {
+		return 0
+	}
+	if v, ok := p.m.Load(topic); ok {
+		return v.(int)
+	}
+	return 0
 }
