@@ -73,7 +73,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 // run measures every selected part into rep, in order: the systems side
-// by side, (c)'s payload curve, then the memory test.
+// by side, (e)'s batches, (c)'s payload curve, then the memory test.
 func (r *runner) run(ctx context.Context, rep *report) error {
 	sys, err := r.startSystems(ctx, rep)
 	if err != nil {
@@ -81,6 +81,11 @@ func (r *runner) run(ctx context.Context, rep *report) error {
 	}
 	if err := r.matrix(ctx, rep, sys); err != nil {
 		return err
+	}
+	if r.runsBatch() {
+		if err := r.batches(ctx, rep, sys.emb); err != nil {
+			return err
+		}
 	}
 	if r.cfg.only[sysGateway] && !r.cfg.skipPayload {
 		if err := r.payloadCurve(ctx, rep, sys.emb); err != nil {
@@ -113,7 +118,7 @@ func (r *runner) startSystems(ctx context.Context, rep *report) (*systems, error
 			return nil, err
 		}
 	}
-	if r.cfg.only[sysNative] || r.cfg.only[sysGateway] {
+	if r.cfg.only[sysNative] || r.cfg.only[sysGateway] || r.runsBatch() {
 		if s.emb, err = r.startEmbedded(ctx); err != nil {
 			return nil, err
 		}
@@ -129,6 +134,9 @@ func (r *runner) startSystems(ctx context.Context, rep *report) (*systems, error
 	}
 	return &s, nil
 }
+
+// runsBatch says whether (e) is measured: selected, and not skipped.
+func (r *runner) runsBatch() bool { return r.cfg.only[sysBatch] && !r.cfg.skipBatch }
 
 // matrix measures the systems side by side: at each concurrency (a)
 // once, since QoS means nothing to it, then (b), (c) and (d) at each QoS.
@@ -237,7 +245,8 @@ func (r *runner) record(ctx context.Context, to *[]point, pt point) error {
 
 // measure runs one point: the load from do, the CPU of every role's
 // process and, with metricsURL, mqttgw's allocations, all over the same
-// window.
+// window. A call of do is pt.Batch requests when that is set: per
+// request figures divide by those, and latencies are of whole calls.
 func (r *runner) measure(ctx context.Context, pt point, do requestFunc, roles []role, metricsURL string) point {
 	type snapshot struct {
 		taken   bool
@@ -268,21 +277,26 @@ func (r *runner) measure(ctx context.Context, pt point, do requestFunc, roles []
 			s.mallocs = m[metricMallocs]
 		}
 	}
+	perCall := max(pt.Batch, 1)
 	spec := loadSpec{
 		concurrency: pt.Concurrency,
 		warmup:      r.cfg.warmup,
 		duration:    r.cfg.duration,
-		maxRequests: r.cfg.maxRequests,
+		maxRequests: max(r.cfg.maxRequests/int64(perCall), 1),
 		// Past the request timeout, so that a request that hangs fails
 		// as a timeout, counted, before the grace cancels it.
 		grace: r.cfg.requestTimeout + 5*time.Second,
 	}
 	res, err := runLoad(ctx, spec, do, probe)
 
-	n := len(res.latencies)
+	calls := len(res.latencies)
+	n := calls * perCall
 	pt.Requests = n
 	pt.Seconds = res.window.Seconds()
 	pt.ReqPerSec = float64(n) / res.window.Seconds()
+	if pt.Batch > 0 {
+		pt.BatchesPerSec = float64(calls) / res.window.Seconds()
+	}
 	pt.P50 = micros(percentile(res.latencies, 0.50))
 	pt.P99 = micros(percentile(res.latencies, 0.99))
 	pt.P999 = micros(percentile(res.latencies, 0.999))
@@ -290,6 +304,8 @@ func (r *runner) measure(ctx context.Context, pt point, do requestFunc, roles []
 	switch {
 	case err != nil:
 		pt.Error = err.Error()
+	case res.errors > 0 && pt.Batch > 0:
+		pt.Error = fmt.Sprintf("%d failed batch call(s); the first: %v", res.errors, res.firstErr)
 	case res.errors > 0:
 		pt.Error = fmt.Sprintf("%d failed request(s); the first: %v", res.errors, res.firstErr)
 	case n == 0:

@@ -17,6 +17,7 @@ const (
 	sysNative   = "b" // native MQTT v5 request/response on mqttgw's embedded broker
 	sysGateway  = "c" // mqttgw end to end on its embedded broker
 	sysExternal = "d" // mqttgw on an external mosquitto
+	sysBatch    = "e" // mqttgw's POST /batch on its embedded broker, as (c)
 )
 
 // systemNames label the systems in the tables.
@@ -25,6 +26,7 @@ var systemNames = map[string]string{
 	sysNative:   "b mqtt-native",
 	sysGateway:  "c mqttgw",
 	sysExternal: "d mqttgw+mosquitto",
+	sysBatch:    "e mqttgw /batch",
 }
 
 // config is the bench's flags.
@@ -43,6 +45,9 @@ type config struct {
 	pending        []int // the memory test's numbers of pending requests
 	skipPayload    bool
 	skipMemory     bool
+	batchSizes     []int // requests per POST /batch, one point each
+	batchConc      []int // workers of the batch points
+	skipBatch      bool
 	jsonOut        bool
 	mqttgw         string // a built mqttgw, or "" to build one
 	mosquitto      string // mosquitto's path, or "" to look on PATH
@@ -63,8 +68,9 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 Measures, in one run on this machine, a bare HTTP echo server (a), native
 MQTT v5 request/response on mqttgw's embedded broker (b), mqttgw end to end
 (c) and mqttgw on an external mosquitto (d), side by side; then (c)'s
-payload curve and mqttgw's memory per pending request. Each system runs in
-processes of its own, so that CPU per request is counted per process.
+stack through POST /batch at several batch sizes (e), (c)'s payload curve
+and mqttgw's memory per pending request. Each system runs in processes of
+its own, so that CPU per request is counted per process.
 
 Sub-modes it runs itself in:
   mqttgw-bench responder --broker mqtt://host:port [--topic T] [--qos Q] [--silent]
@@ -75,13 +81,18 @@ Flags:
 		fs.PrintDefaults()
 	}
 	var (
-		only        = fs.String("only", "a,b,c,d", "systems to measure, of a,b,c,d")
+		only        = fs.String("only", "a,b,c,d,e", "systems to measure, of a,b,c,d,e")
 		concurrency = fs.String("concurrency", "1,16,64,256", "closed-loop workers, one point each")
+		batchSizes  = fs.String("batch-sizes", "1,10,100", "requests per POST /batch of (e), one point each")
 		qos         = fs.String("qos", "0,1", "request QoS levels, one point each")
 		payloads    = fs.String("payloads", "32,1024,16384,65536", "payload sizes of (c)'s payload curve, in bytes")
 		pending     = fs.String("pending", "1000,10000", "numbers of pending requests for the memory test")
-		quick       = fs.Bool("quick", false, "quick run: concurrency 16, 1s per point, no payload curve, 1,000 pending only (flags given explicitly win)")
+		quick       = fs.Bool("quick", false, "quick run: concurrency 16, 1s per point, batches of 10 only, no payload curve, 1,000 pending only (flags given explicitly win)")
 		cfg         config
+		// (e) at fewer concurrencies than the others by default: at all
+		// four, its 24 points would add over a minute and a half to a
+		// full run. Any concurrency given explicitly applies to it too.
+		batchConc = fs.String("batch-concurrency", "16,64", "closed-loop workers of (e), one point each (default: --concurrency's, when that is given)")
 	)
 	fs.DurationVar(&cfg.duration, "duration", 3*time.Second, "measured window of each point")
 	fs.DurationVar(&cfg.warmup, "warmup", time.Second, "load before each point's window, not measured")
@@ -92,6 +103,7 @@ Flags:
 	fs.IntVar(&cfg.payloadConc, "payload-concurrency", 64, "workers of the payload curve (at QoS 1)")
 	fs.BoolVar(&cfg.skipPayload, "skip-payload", false, "skip (c)'s payload curve")
 	fs.BoolVar(&cfg.skipMemory, "skip-memory", false, "skip the memory test of pending requests")
+	fs.BoolVar(&cfg.skipBatch, "skip-batch", false, "skip (e), POST /batch")
 	fs.BoolVar(&cfg.jsonOut, "json", false, "print the results as JSON instead of tables")
 	fs.StringVar(&cfg.mqttgw, "mqttgw", "", "mqttgw binary to run (default: go build ./cmd/mqttgw into a temporary directory)")
 	fs.StringVar(&cfg.mosquitto, "mosquitto", "", "mosquitto binary for (d) (default: mosquitto on PATH; (d) is skipped without one)")
@@ -116,6 +128,7 @@ Flags:
 			"warmup":       func() { cfg.warmup = 500 * time.Millisecond },
 			"skip-payload": func() { cfg.skipPayload = true },
 			"pending":      func() { *pending = "1000" },
+			"batch-sizes":  func() { *batchSizes = "10" },
 		}
 		for name, apply := range defaults {
 			if !set[name] {
@@ -123,12 +136,15 @@ Flags:
 			}
 		}
 	}
+	if !set["batch-concurrency"] && (set["concurrency"] || *quick) {
+		*batchConc = *concurrency
+	}
 
 	cfg.only = map[string]bool{}
 	for s := range strings.SplitSeq(*only, ",") {
 		s = strings.TrimSpace(s)
 		if systemNames[s] == "" {
-			return cfg, fmt.Errorf("--only: %q is none of a,b,c,d", s)
+			return cfg, fmt.Errorf("--only: %q is none of a,b,c,d,e", s)
 		}
 		cfg.only[s] = true
 	}
@@ -143,6 +159,13 @@ Flags:
 		return cfg, err
 	}
 	if cfg.pending, err = intList("pending", *pending, 1, 20_000); err != nil {
+		return cfg, err
+	}
+	// mqttgw's default --max-batch is the most one batch may carry.
+	if cfg.batchSizes, err = intList("batch-sizes", *batchSizes, 1, 1000); err != nil {
+		return cfg, err
+	}
+	if cfg.batchConc, err = intList("batch-concurrency", *batchConc, 1, 100_000); err != nil {
 		return cfg, err
 	}
 	switch {

@@ -22,23 +22,28 @@ type httpTarget struct {
 	bodies  []bytes.Buffer // one per worker, reused: the bench's own allocations stay out of its CPU figures
 }
 
-// newHTTPTarget sizes one client for concurrency workers: as many idle
-// connections kept as workers, so that no request pays for a new
-// connection once warm.
+// newHTTPTarget is an httpTarget for concurrency workers.
 func newHTTPTarget(url string, payload []byte, concurrency int, timeout time.Duration) *httpTarget {
 	return &httpTarget{
-		client: &http.Client{
-			Timeout: timeout,
-			Transport: &http.Transport{
-				MaxIdleConns:        concurrency,
-				MaxIdleConnsPerHost: concurrency,
-				IdleConnTimeout:     time.Minute,
-				DisableCompression:  true,
-			},
-		},
+		client:  newHTTPClient(concurrency, timeout),
 		url:     url,
 		payload: payload,
 		bodies:  make([]bytes.Buffer, concurrency),
+	}
+}
+
+// newHTTPClient sizes one client for concurrency workers: as many idle
+// connections kept as workers, so that no request pays for a new
+// connection once warm.
+func newHTTPClient(concurrency int, timeout time.Duration) *http.Client {
+	return &http.Client{
+		Timeout: timeout,
+		Transport: &http.Transport{
+			MaxIdleConns:        concurrency,
+			MaxIdleConnsPerHost: concurrency,
+			IdleConnTimeout:     time.Minute,
+			DisableCompression:  true,
+		},
 	}
 }
 

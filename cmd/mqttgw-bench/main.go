@@ -3,7 +3,8 @@
 // echo server (a), native MQTT v5 request/response on mqttgw's embedded
 // broker (b), mqttgw end to end on its embedded broker (c) and on an
 // external mosquitto (d), at several concurrencies and both QoS levels;
-// then (c)'s payload curve and mqttgw's memory per pending request.
+// then (c)'s stack through POST /batch at batch sizes 1, 10 and 100 (e),
+// (c)'s payload curve and mqttgw's memory per pending request.
 //
 // Every system under test runs in processes of its own (this binary in
 // its responder and http-echo sub-modes, mqttgw, mosquitto), so that the

@@ -25,8 +25,8 @@ func TestMain(m *testing.M) {
 }
 
 // TestQuickRun runs the bench end to end, briefly: the HTTP echo
-// baseline (a) and mqttgw (c) at both QoS levels, then 1,000 pending
-// requests, and checks the tables it prints.
+// baseline (a), mqttgw (c) and its POST /batch of 10 (e) at both QoS
+// levels, then 1,000 pending requests, and checks the tables it prints.
 func TestQuickRun(t *testing.T) {
 	mqttgw := filepath.Join(t.TempDir(), "mqttgw")
 	build := exec.Command("go", "build", "-o", mqttgw, "github.com/mqttgw/mqttgw/cmd/mqttgw")
@@ -38,7 +38,7 @@ func TestQuickRun(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
-	args := []string{"--quick", "--only", "a,c", "--duration", "300ms", "--warmup", "200ms", "--mqttgw", mqttgw}
+	args := []string{"--quick", "--only", "a,c,e", "--duration", "300ms", "--warmup", "200ms", "--mqttgw", mqttgw}
 	start := time.Now()
 	err := run(ctx, args, &stdout, &stderr)
 	t.Logf("took %s; stdout:\n%s\nstderr:\n%s", time.Since(start).Round(time.Millisecond), stdout.String(), stderr.String())
@@ -65,6 +65,44 @@ func TestQuickRun(t *testing.T) {
 	}
 	if got := strings.Join(rows["c"], ","); got != "0,1" {
 		t.Errorf("(c) rows by qos: %q, want \"0,1\"", got)
+	}
+	// (e)'s rows are "10  0  16  12,560  1,256  ...": batch, qos,
+	// concurrency, req/s, batch/s; its ratio rows "16  0  10  -  2.97".
+	var batchRows, ratioRows []string // qos of each
+	for _, section := range strings.Split(stdout.String(), "\n\n") {
+		switch {
+		case strings.HasPrefix(section, "(e) "):
+			for line := range strings.SplitSeq(section, "\n") {
+				f := strings.Fields(line)
+				if len(f) < 5 || f[0] != "10" || f[2] != "16" {
+					continue
+				}
+				for _, col := range f[3:5] {
+					if n, err := strconv.Atoi(strings.ReplaceAll(col, ",", "")); err != nil || n <= 0 {
+						t.Errorf("(e) row %q: %q is not a positive number", line, col)
+					}
+				}
+				batchRows = append(batchRows, f[1])
+			}
+		case strings.HasPrefix(section, "Batch throughput ratios"):
+			for line := range strings.SplitSeq(section, "\n") {
+				f := strings.Fields(line)
+				if len(f) != 5 || f[0] != "16" || f[2] != "10" {
+					continue
+				}
+				// No (b) in this run: e/b is "-", e/c a number.
+				if r, err := strconv.ParseFloat(f[4], 64); f[3] != "-" || err != nil || r <= 0 {
+					t.Errorf("batch ratio row %q: want e/b \"-\" and e/c a positive number", line)
+				}
+				ratioRows = append(ratioRows, f[1])
+			}
+		}
+	}
+	if got := strings.Join(batchRows, ","); got != "0,1" {
+		t.Errorf("(e) rows by qos: %q, want \"0,1\"", got)
+	}
+	if got := strings.Join(ratioRows, ","); got != "0,1" {
+		t.Errorf("batch ratio rows by qos: %q, want \"0,1\"", got)
 	}
 	for _, want := range []string{"c/a", "1000  ", "yes, "} {
 		if !strings.Contains(stdout.String(), want) {
@@ -104,5 +142,39 @@ func TestPercentile(t *testing.T) {
 	}
 	if got := percentile(nil, 0.5); got != 0 {
 		t.Errorf("percentile(nil) = %v, want 0", got)
+	}
+}
+
+// TestBatchCheck feeds (e)'s check answers to a batch of two: every
+// request's line with its payload passes, anything else fails the call.
+func TestBatchCheck(t *testing.T) {
+	const ok0, ok1 = `{"index":0,"status":200,"payload":"abc"}`, `{"index":1,"status":200,"payload":"abc"}`
+	for _, c := range []struct {
+		answer string
+		want   string // in the error; "" for none
+	}{
+		{ok1 + "\n" + ok0 + "\n", ""},
+		{ok0 + "\n" + ok1, ""},
+		{ok0 + "\n", "1 lines for a batch of 2"},
+		{ok0 + "\n" + ok0 + "\n", "repeats index 0"},
+		{ok0 + "\n" + `{"index":2,"status":200,"payload":"abc"}` + "\n", "no index"},
+		{ok0 + "\n" + `{"status":200,"payload":"abc"}` + "\n", "no index"},
+		{ok0 + "\n" + `{"index":1,"status":504,"problem":{"title":"Gateway Timeout","detail":"no reply within 10s"}}` + "\n", "batch item 1: status 504 Gateway Timeout: no reply within 10s"},
+		{ok0 + "\n" + `{"index":1,"status":200,"payload":"abd"}` + "\n", "not the 3-byte payload"},
+		{ok0 + "\n" + `{"index":1,"status":200,"payload":"YWJj","payload_encoding":"base64"}` + "\n", "not the 3-byte payload"},
+		{ok0 + "\n" + `{"index":1,"status":200}` + "\n", "not the 3-byte payload"},
+		{ok0 + "\nnot json\n", "no JSON result"},
+	} {
+		bt := newBatchTarget("http://127.0.0.1:1", echoTopic, 1, []byte("abc"), 2, 1, time.Second)
+		wk := &bt.workers[0]
+		wk.answer.WriteString(c.answer)
+		err := bt.check(wk)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("answer %q: %v, want no error", c.answer, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("answer %q: error %v, want one with %q", c.answer, err, c.want)
+		}
+		bt.close()
 	}
 }

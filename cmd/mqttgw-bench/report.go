@@ -12,20 +12,26 @@ import (
 	"github.com/dustin/go-humanize"
 )
 
-// point is one measurement: a system at one concurrency, QoS and payload.
+// point is one measurement: a system at one concurrency, QoS and payload,
+// and for (e) batch size.
 type point struct {
-	System      string  `json:"system"` // a, b, c or d
-	QoS         *int    `json:"qos"`    // null for (a), where it means nothing
-	Concurrency int     `json:"concurrency"`
-	Payload     int     `json:"payload_bytes"`
-	Requests    int     `json:"requests"` // completed in the window
-	Seconds     float64 `json:"window_seconds"`
-	ReqPerSec   float64 `json:"req_per_sec"`
-	P50         float64 `json:"p50_us"`
-	P99         float64 `json:"p99_us"`
-	P999        float64 `json:"p999_us"`
-	Errors      int64   `json:"errors"`
-	Error       string  `json:"error,omitempty"` // the point failed: see why
+	System      string `json:"system"` // a, b, c, d or e
+	QoS         *int   `json:"qos"`    // null for (a), where it means nothing
+	Concurrency int    `json:"concurrency"`
+	Payload     int    `json:"payload_bytes"`
+	// Batch is (e)'s requests per POST /batch; 0 elsewhere. A batch call
+	// counts as that many requests in Requests, ReqPerSec, CPU and
+	// AllocsPerReq; the latencies and Errors are of whole calls.
+	Batch         int     `json:"batch_size,omitempty"`
+	Requests      int     `json:"requests"` // completed in the window
+	Seconds       float64 `json:"window_seconds"`
+	ReqPerSec     float64 `json:"req_per_sec"`
+	BatchesPerSec float64 `json:"batches_per_sec,omitempty"` // (e)'s batch calls
+	P50           float64 `json:"p50_us"`
+	P99           float64 `json:"p99_us"`
+	P999          float64 `json:"p999_us"`
+	Errors        int64   `json:"errors"`
+	Error         string  `json:"error,omitempty"` // the point failed: see why
 	// CPU is microseconds of CPU time (user + system) per request, by
 	// process role ("bench" is the load generator), and their total.
 	CPU map[string]float64 `json:"cpu_us_per_request,omitempty"`
@@ -44,8 +50,12 @@ type point struct {
 
 // summary is the point's progress line.
 func (p point) summary() string {
+	name := systemNames[p.System]
+	if p.Batch > 0 {
+		name += " ×" + strconv.Itoa(p.Batch)
+	}
 	s := fmt.Sprintf("%-20s qos=%s c=%-3d %6s B: %8.0f req/s  p50 %s  p99 %s",
-		systemNames[p.System], qosString(p.QoS), p.Concurrency, strconv.Itoa(p.Payload), p.ReqPerSec, latency(p.P50), latency(p.P99))
+		name, qosString(p.QoS), p.Concurrency, strconv.Itoa(p.Payload), p.ReqPerSec, latency(p.P50), latency(p.P99))
 	if p.Error != "" {
 		s += "  FAILED: " + p.Error
 	}
@@ -61,6 +71,17 @@ type ratio struct {
 	DOverC      *float64 `json:"d_over_c,omitempty"` // mosquitto vs embedded broker
 }
 
+// batchRatio compares (e) at one batch size with one request per round
+// trip, natively (b) and through mqttgw (c), at the same concurrency and
+// QoS. The issue's goal is an e/b beyond 2.
+type batchRatio struct {
+	Concurrency int      `json:"concurrency"`
+	QoS         int      `json:"qos"`
+	Batch       int      `json:"batch_size"`
+	EOverB      *float64 `json:"e_over_b,omitempty"` // /batch vs native MQTT
+	EOverC      *float64 `json:"e_over_c,omitempty"` // /batch vs /rpc
+}
+
 // report is everything one run measured.
 type report struct {
 	Started      time.Time      `json:"started"`
@@ -72,6 +93,8 @@ type report struct {
 	Payload      int            `json:"payload_bytes"`
 	Points       []point        `json:"points"`
 	Ratios       []ratio        `json:"ratios"`
+	Batch        []point        `json:"batch"`
+	BatchRatios  []batchRatio   `json:"batch_ratios"`
 	PayloadCurve []point        `json:"payload_curve"`
 	Memory       []memoryResult `json:"memory"`
 	Notes        []string       `json:"notes,omitempty"`
@@ -79,7 +102,8 @@ type report struct {
 
 // computeRatios fills Ratios from Points: (c)/(b), (c)/(a) and (d)/(c)
 // of req/s at each concurrency and QoS; (a) has no QoS and counts for
-// both. A failed point makes no ratio.
+// both. Then BatchRatios: (e)/(b) and (e)/(c) of each batch point. A
+// failed point makes no ratio.
 func (rep *report) computeRatios() {
 	type key struct {
 		sys       string
@@ -121,6 +145,19 @@ func (rep *report) computeRatios() {
 			DOverC: div(d, c, okD, true),
 		})
 	}
+	rep.BatchRatios = nil
+	for _, p := range rep.Batch {
+		if p.Error != "" {
+			continue
+		}
+		b, okB := rps[key{sysNative, p.Concurrency, *p.QoS}]
+		c, okC := rps[key{sysGateway, p.Concurrency, *p.QoS}]
+		rep.BatchRatios = append(rep.BatchRatios, batchRatio{
+			Concurrency: p.Concurrency, QoS: *p.QoS, Batch: p.Batch,
+			EOverB: div(p.ReqPerSec, b, true, okB),
+			EOverC: div(p.ReqPerSec, c, true, okC),
+		})
+	}
 }
 
 // disturbedAt is how many cores other processes may use during a point
@@ -131,7 +168,7 @@ const disturbedAt = 0.2
 // on a 2-core machine even half a core shifts req/s by a quarter.
 func (rep *report) noteDisturbed() {
 	n, all := 0, 0
-	for _, list := range [][]point{rep.Points, rep.PayloadCurve} {
+	for _, list := range [][]point{rep.Points, rep.Batch, rep.PayloadCurve} {
 		for _, p := range list {
 			all++
 			if p.OtherCores != nil && *p.OtherCores > disturbedAt {
@@ -147,7 +184,7 @@ func (rep *report) noteDisturbed() {
 // failures lists what failed, one line each.
 func (rep *report) failures() []string {
 	var out []string
-	for _, list := range [][]point{rep.Points, rep.PayloadCurve} {
+	for _, list := range [][]point{rep.Points, rep.Batch, rep.PayloadCurve} {
 		for _, p := range list {
 			if p.Error != "" {
 				out = append(out, p.summary())
@@ -198,6 +235,7 @@ func (rep *report) writeTables(w io.Writer) error {
 		}
 		tw.Flush()
 	}
+	rep.writeBatchTables(w)
 	if len(rep.PayloadCurve) > 0 {
 		p0 := rep.PayloadCurve[0]
 		fmt.Fprintf(w, "\nPayload curve: (c) mqttgw, %d workers, QoS %s\n", p0.Concurrency, qosString(p0.QoS))
@@ -244,6 +282,35 @@ func (rep *report) writeTables(w io.Writer) error {
 	return nil
 }
 
+// writeBatchTables prints (e)'s points and their ratios.
+func (rep *report) writeBatchTables(w io.Writer) {
+	if len(rep.Batch) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\n(e) mqttgw POST /batch: each call carries batch requests to the echo responder, as (c)'s one")
+	fmt.Fprintln(w, "POST /rpc does. req/s, cpu:* and allocs count requests; batch/s, p50, p99, p99.9 and errors are of")
+	fmt.Fprintln(w, "whole batch calls.")
+	tw := newTable(w)
+	fmt.Fprintln(tw, "batch\tqos\tconc\treq/s\tbatch/s\tp50\tp99\tp99.9\terrors\tcpu:bench\tcpu:mqttgw\tcpu:resp\tcpu:total\tcores\tother\tallocs\t")
+	for _, p := range rep.Batch {
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			p.Batch, qosString(p.QoS), p.Concurrency, reqPerSec(p), batchesPerSec(p), latency(p.P50), latency(p.P99), latency(p.P999), p.Errors,
+			cpu(p, roleBench), cpu(p, roleMQTTGW), cpu(p, roleResponder), cpu(p, "total"), cores(p), otherCores(p), allocs(p))
+	}
+	tw.Flush()
+	if len(rep.BatchRatios) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nBatch throughput ratios (req/s at the same conc and qos): e/b = /batch vs native MQTT (the issue's")
+	fmt.Fprintln(w, "goal: beyond 2), e/c = /batch vs one POST /rpc per request")
+	tw = newTable(w)
+	fmt.Fprintln(tw, "conc\tqos\tbatch\te/b\te/c\t")
+	for _, r := range rep.BatchRatios {
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\t\n", r.Concurrency, r.QoS, r.Batch, ratioString(r.EOverB), ratioString(r.EOverC))
+	}
+	tw.Flush()
+}
+
 // newTable right-aligns every column: numbers line up by their last
 // digit. The system names are padded to one width (padText) so that they
 // still read as left-aligned.
@@ -287,6 +354,13 @@ func latency(us float64) string {
 	default:
 		return fmt.Sprintf("%.0fms", us/1000)
 	}
+}
+
+func batchesPerSec(p point) string {
+	if p.Error != "" {
+		return "-"
+	}
+	return humanize.Comma(int64(p.BatchesPerSec + 0.5))
 }
 
 func cpu(p point, role string) string {
