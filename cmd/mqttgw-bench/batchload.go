@@ -76,26 +76,11 @@ func newBatchTarget(base, topic string, qos int, payload []byte, size, concurren
 
 // do is a requestFunc: one batch call.
 func (t *batchTarget) do(ctx context.Context, w int) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url, bytes.NewReader(t.body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", ndjsonType)
-	resp, err := t.client.Do(req)
-	if err != nil {
-		return err
-	}
 	wk := &t.workers[w]
-	wk.answer.Reset()
 	// The lines stream in as requests complete: the call is done when
 	// the last has come and mqttgw has ended the answer.
-	_, err = wk.answer.ReadFrom(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return fmt.Errorf("reading the answer: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return statusError(resp.StatusCode, wk.answer.Bytes())
+	if err := post(ctx, t.client, t.url, ndjsonType, t.body, &wk.answer); err != nil {
+		return err
 	}
 	return t.check(wk)
 }

@@ -49,27 +49,36 @@ func newHTTPClient(concurrency int, timeout time.Duration) *http.Client {
 
 // do is a requestFunc.
 func (t *httpTarget) do(ctx context.Context, w int) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url, bytes.NewReader(t.payload))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", payloadType)
-	resp, err := t.client.Do(req)
-	if err != nil {
-		return err
-	}
 	body := &t.bodies[w]
-	body.Reset()
-	_, err = body.ReadFrom(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return fmt.Errorf("reading the reply: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return statusError(resp.StatusCode, body.Bytes())
+	if err := post(ctx, t.client, t.url, payloadType, t.payload, body); err != nil {
+		return err
 	}
 	if !bytes.Equal(body.Bytes(), t.payload) {
 		return fmt.Errorf("reply of %d bytes is not the %d-byte payload", body.Len(), len(t.payload))
+	}
+	return nil
+}
+
+// post sends body to url and reads the whole answer into into; a status
+// other than 200 is an error that says what mqttgw answered.
+func post(ctx context.Context, client *http.Client, url, contentType string, body []byte, into *bytes.Buffer) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", contentType)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	into.Reset()
+	_, err = into.ReadFrom(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return fmt.Errorf("reading the answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return statusError(resp.StatusCode, into.Bytes())
 	}
 	return nil
 }
