@@ -135,12 +135,18 @@ func requestID(r *http.Request) (string, error) {
 	return id, nil
 }
 
+// caller is who asks for {id}, and the id.
+func (s *Server) caller(r *http.Request) (owner, id string, err error) {
+	if owner, err = s.requestOwner(r); err != nil {
+		return "", "", err
+	}
+	id, err = requestID(r)
+	return owner, id, err
+}
+
 // lookup is the record {id} of the caller.
 func (s *Server) lookup(r *http.Request) (owner string, rec gateway.Record, err error) {
-	if owner, err = s.requestOwner(r); err != nil {
-		return "", rec, err
-	}
-	id, err := requestID(r)
+	owner, id, err := s.caller(r)
 	if err != nil {
 		return "", rec, err
 	}
@@ -178,12 +184,7 @@ func (s *Server) getRequest(w http.ResponseWriter, r *http.Request) {
 
 // cancelRequest cancels {id} and answers its status document.
 func (s *Server) cancelRequest(w http.ResponseWriter, r *http.Request) {
-	owner, err := s.requestOwner(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	id, err := requestID(r)
+	owner, id, err := s.caller(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

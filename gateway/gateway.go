@@ -570,18 +570,12 @@ func (g *Gateway) handleSyncReply(m *Message) {
 			kept = g.failRecord(id, r.err)
 			return kept
 		}
-		switch g.records.answer(id, m, false) {
-		case replyStored:
-			kept = true
-		case replyCanceled:
-			// Counted as such by the store.
-		case replyDuplicate:
-			g.pending.duplicates.Add(1)
-		case replyLate:
-			g.pending.late.Add(1)
-		default:
-			return false // the pending map counts it
+		o := g.records.answer(id, m, false)
+		if o == replyUnknown {
+			return false // the pending map counts it, knowing its recent ids
 		}
+		kept = o == replyStored
+		g.countDropped(o)
 		return true
 	})
 	if r.err != nil && (delivered || kept) {
@@ -598,7 +592,13 @@ func (g *Gateway) handleAsyncReply(m *Message) {
 	}
 	// Another replica may have written the record a moment ago; on the
 	// embedded broker every record is here already.
-	switch g.records.answer(id, m, !g.cfg.SoleGateway) {
+	g.countDropped(g.records.answer(id, m, !g.cfg.SoleGateway))
+}
+
+// countDropped counts a reply the record store did not keep; a reply
+// to a canceled request the store counts itself.
+func (g *Gateway) countDropped(o replyOutcome) {
+	switch o {
 	case replyDuplicate:
 		g.pending.duplicates.Add(1)
 	case replyLate:

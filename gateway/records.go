@@ -218,6 +218,21 @@ func (s *recordStore) modify(e *entry, change func(r *Record) bool) (Record, boo
 	if e.State != StateWaiting {
 		e.Request = nil
 	}
+	s.changed(e, before)
+	if s.write != nil {
+		s.dirty[e.ID] = true
+		select {
+		case s.kickWriter <- struct{}{}:
+		default:
+		}
+	}
+	return e.Record, true
+}
+
+// changed accounts for a change to e, which was in state before: its
+// bytes and its state's count, the watchers of a new state, and its next
+// deadline. Lock should be held.
+func (s *recordStore) changed(e *entry, before State) {
 	s.bytes -= e.size
 	e.size = e.Record.size()
 	s.bytes += e.size
@@ -228,14 +243,6 @@ func (s *recordStore) modify(e *entry, change func(r *Record) bool) (Record, boo
 		e.changed = nil
 	}
 	s.schedule(e)
-	if s.write != nil {
-		s.dirty[e.ID] = true
-		select {
-		case s.kickWriter <- struct{}{}:
-		default:
-		}
-	}
-	return e.Record, true
 }
 
 // remove forgets record id at once and deletes its retained message: its
@@ -404,16 +411,8 @@ func (s *recordStore) merge(m *Message) {
 		s.add(e)
 	case r.newerThan(&e.Record):
 		before := e.State
-		s.bytes -= e.size
-		s.counts[before]--
-		e.Record, e.size = *r, r.size()
-		s.bytes += e.size
-		s.counts[e.State]++
-		if before != e.State && e.changed != nil {
-			close(e.changed)
-			e.changed = nil
-		}
-		s.schedule(e)
+		e.Record = *r
+		s.changed(e, before)
 	default:
 		s.mu.Unlock()
 		return
@@ -430,7 +429,7 @@ func (s *recordStore) merge(m *Message) {
 	}
 }
 
-// open lists the records in state StateWaiting that pass keep.
+// waiting lists the records in state StateWaiting that pass keep.
 func (s *recordStore) waiting(keep func(*Record) bool) []Record {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -556,14 +555,9 @@ func (s *recordStore) expire(now time.Time) time.Time {
 			continue // a stale entry: the record was changed since
 		}
 		if !e.State.Final() {
-			s.counts[e.State]--
+			before := e.State
 			e.State, e.Updated, e.Request = StateExpired, e.Expires, nil
-			s.counts[e.State]++
-			if e.changed != nil {
-				close(e.changed)
-				e.changed = nil
-			}
-			s.schedule(e)
+			s.changed(e, before)
 			continue
 		}
 		s.drop(e)
