@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -27,11 +28,16 @@ import (
 //     subscriber that stops reading blocks every publish it matches, the
 //     gateway's own included, for as long as its TCP send buffer stays
 //     full. conn's Write never blocks: it queues up to a byte bound, and a
-//     goroutine of its own writes to the network.
+//     goroutine of its own writes to the network. When nothing is queued,
+//     Write first hands the bytes to the socket without waiting, which
+//     takes them whole unless the client has stopped reading: the common
+//     case then costs no wake-up of the writer (a fifth of a request's
+//     latency on an idle machine).
 type conn struct {
 	net.Conn
 	lim      *connLimits
 	listener string
+	fd       syscall.RawConn // for writeNow; nil when the connection has none
 
 	// Read side; only mochi's reading goroutine touches it.
 	buf       []byte // bytes received; buf[off:ready] are whole packets not yet handed out
@@ -43,6 +49,7 @@ type conn struct {
 	mu      sync.Mutex
 	wake    chan struct{} // cap 1: the writer has work or must stop
 	queue   []byte        // bytes mochi wrote and the writer has not taken; Lock should be held.
+	writing bool          // the writer is writing bytes it took from queue; Lock should be held.
 	pending int           // bytes queued or being written; Lock should be held.
 	closing bool          // Close was called; Lock should be held.
 	flushBy time.Time     // set by Close: the writer's last deadline; Lock should be held.
@@ -76,7 +83,7 @@ var (
 // newConn wraps c, accepted on listener, or returns nil once the set is
 // closed.
 func newConn(c net.Conn, listener string, lim *connLimits) *conn {
-	mc := &conn{Conn: c, lim: lim, listener: listener, wake: make(chan struct{}, 1)}
+	mc := &conn{Conn: c, lim: lim, listener: listener, fd: rawWriter(c), wake: make(chan struct{}, 1)}
 	if !lim.conns.add(mc) {
 		return nil
 	}
@@ -223,11 +230,21 @@ func (c *conn) Write(p []byte) (int, error) {
 		c.signal()
 		return 0, errWriteBufferFull
 	}
+	n := len(p)
+	if c.fd != nil && len(c.queue) == 0 && !c.writing && !c.closing {
+		// Under the lock, so that no byte of a later Write can pass
+		// these; the call never blocks.
+		p = p[writeNow(c.fd, p):]
+		if len(p) == 0 {
+			c.mu.Unlock()
+			return n, nil
+		}
+	}
 	c.queue = append(c.queue, p...)
 	c.pending += len(p)
 	c.mu.Unlock()
 	c.signal()
-	return len(p), nil
+	return n, nil
 }
 
 func (c *conn) signal() {
@@ -294,10 +311,12 @@ func (c *conn) writeLoop() {
 		}
 		out, c.queue = c.queue, out[:0]
 		closing := c.closing
+		c.writing = true
 		c.mu.Unlock()
 
 		err := c.writeAll(out)
 		c.mu.Lock()
+		c.writing = false
 		c.pending -= len(out)
 		if err != nil && c.werr == nil {
 			c.werr = err

@@ -119,22 +119,27 @@ func TestConnPassesOversizedHeaderOn(t *testing.T) {
 }
 
 func TestConnWriteNeverBlocks(t *testing.T) {
-	lim := testLimits()
-	lim.writeBuffer = 64 << 10
-	c, _ := pipe(t, lim) // nobody reads the other end
-	start := time.Now()
-	var err error
-	for i := 0; i < 100 && err == nil; i++ {
-		_, err = c.Write(make([]byte, 4<<10))
-	}
-	if !errors.Is(err, errWriteBufferFull) {
-		t.Fatalf("writes to a peer that never reads: %v, want errWriteBufferFull", err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("writes took %s; they must never block", d)
-	}
-	if lim.stats.slowDisconnects.Load() != 1 {
-		t.Fatal("disconnect not counted")
+	for name, mk := range map[string]func(*testing.T, *connLimits) (*conn, net.Conn){"tcp": tcpPair, "pipe": pipe} {
+		t.Run(name, func(t *testing.T) {
+			lim := testLimits()
+			lim.writeBuffer = 64 << 10
+			c, _ := mk(t, lim) // nobody reads the other end
+			start := time.Now()
+			var err error
+			// Over TCP the socket buffers take some megabytes first.
+			for i := 0; i < 100_000 && err == nil; i++ {
+				_, err = c.Write(make([]byte, 4<<10))
+			}
+			if !errors.Is(err, errWriteBufferFull) {
+				t.Fatalf("writes to a peer that never reads: %v, want errWriteBufferFull", err)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Fatalf("writes took %s; they must never block", d)
+			}
+			if lim.stats.slowDisconnects.Load() != 1 {
+				t.Fatal("disconnect not counted")
+			}
+		})
 	}
 }
 
@@ -291,5 +296,101 @@ func TestConnCongestionFollowsTheMessage(t *testing.T) {
 	}
 	if n := sizes.n.Load(); n > maxSizes {
 		t.Fatalf("%d topics remembered, above %d", n, maxSizes)
+	}
+}
+
+// tcpPair is pipe over a loopback TCP connection, whose socket Write can
+// hand bytes to without the writer goroutine.
+func tcpPair(t *testing.T, lim *connLimits) (*conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newConn(a, "test", lim)
+	t.Cleanup(func() {
+		c.Close()
+		peer.Close()
+		lim.conns.close()
+	})
+	return c, peer
+}
+
+func TestConnWritesAtOnceWhenIdle(t *testing.T) {
+	c, peer := tcpPair(t, testLimits())
+	if c.fd == nil {
+		t.Skip("no direct socket writes on this platform")
+	}
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	queued, pending := len(c.queue), c.pending
+	c.mu.Unlock()
+	if queued != 0 || pending != 0 {
+		t.Errorf("after a write to an idle connection %d bytes are queued, %d pending; want them written at once", queued, pending)
+	}
+	got := make([]byte, 5)
+	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(peer, got); err != nil || string(got) != "hello" {
+		t.Fatalf("peer read %q, %v", got, err)
+	}
+}
+
+// TestConnKeepsOrder writes numbered packets of mixed sizes to a peer that
+// reads slowly, so that writes go now directly and now through the queue:
+// the peer must get every byte in order.
+func TestConnKeepsOrder(t *testing.T) {
+	for name, mk := range map[string]func(*testing.T, *connLimits) (*conn, net.Conn){"tcp": tcpPair, "pipe": pipe} {
+		t.Run(name, func(t *testing.T) {
+			lim := testLimits()
+			lim.writeBuffer = 256 << 20
+			lim.writeTimeout = 10 * time.Second
+			c, peer := mk(t, lim)
+			var want bytes.Buffer
+			var packets [][]byte
+			for i := range 3000 {
+				p := bytes.Repeat([]byte{byte(i)}, 1+(i*7919)%(24<<10))
+				packets = append(packets, p)
+				want.Write(p)
+			}
+			go func() {
+				for i, p := range packets {
+					if _, err := c.Write(p); err != nil {
+						t.Error(err)
+						return
+					}
+					if i%500 == 0 {
+						time.Sleep(time.Millisecond) // let the writer drain: idle again
+					}
+				}
+			}()
+			var got bytes.Buffer
+			buf := make([]byte, 7<<10)
+			_ = peer.SetReadDeadline(time.Now().Add(30 * time.Second))
+			total := want.Len()
+			for got.Len() < total {
+				n, err := peer.Read(buf)
+				if err != nil {
+					t.Fatalf("after %d of %d bytes: %v", got.Len(), total, err)
+				}
+				got.Write(buf[:n])
+				if got.Len()%(1<<20) < n {
+					time.Sleep(2 * time.Millisecond) // a slow reader now and then
+				}
+			}
+			if !bytes.Equal(got.Bytes(), want.Bytes()) {
+				t.Fatal("the peer got the bytes out of order")
+			}
+		})
 	}
 }

@@ -13,7 +13,10 @@ func (r *runner) batches(ctx context.Context, rep *report, emb *stack) error {
 	for _, conc := range cfg.batchConc {
 		for _, qos := range cfg.qos {
 			for _, size := range cfg.batchSizes {
-				t := newBatchTarget(emb.gw.base, echoTopic, qos, payload, size, conc, cfg.requestTimeout)
+				t, err := newBatchTarget(emb.gw.base, echoTopic, qos, payload, size, conc, cfg.requestTimeout)
+				if err != nil {
+					return err
+				}
 				pt := r.measure(ctx, point{System: sysBatch, QoS: &qos, Concurrency: conc, Payload: len(payload), Batch: size}, t.do,
 					emb.roles(), emb.gw.base+"/metrics")
 				t.close()

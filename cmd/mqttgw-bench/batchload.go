@@ -17,9 +17,7 @@ const ndjsonType = "application/x-ndjson"
 // requests to mqttgw's /batch, want 200 and, for every one of them, a
 // line with status 200 and the payload echoed. One call is size requests.
 type batchTarget struct {
-	client  *http.Client
-	url     string
-	body    []byte // the batch, the same on every call
+	client  *rawClient
 	payload string // each request's, as the answer's lines carry it
 	size    int
 	workers []batchWorker
@@ -49,7 +47,7 @@ type batchLine struct {
 // timeout is the batch's ?timeout=, and the client waits a little longer,
 // so that requests with no reply are mqttgw's 504 lines, with their
 // problem detail, rather than a client-side timeout.
-func newBatchTarget(base, topic string, qos int, payload []byte, size, concurrency int, timeout time.Duration) *batchTarget {
+func newBatchTarget(base, topic string, qos int, payload []byte, size, concurrency int, timeout time.Duration) (*batchTarget, error) {
 	// Strings and an int: Marshal cannot fail.
 	item, _ := json.Marshal(struct {
 		Topic   string `json:"topic"`
@@ -60,10 +58,12 @@ func newBatchTarget(base, topic string, qos int, payload []byte, size, concurren
 	for range size {
 		body = append(append(body, item...), '\n')
 	}
+	client, err := newRawClient(fmt.Sprintf("%s/batch?timeout=%s", base, timeout), ndjsonType, body, concurrency, timeout+2*time.Second)
+	if err != nil {
+		return nil, err
+	}
 	t := &batchTarget{
-		client:  newHTTPClient(concurrency, timeout+2*time.Second),
-		url:     fmt.Sprintf("%s/batch?timeout=%s", base, timeout),
-		body:    body,
+		client:  client,
 		payload: string(payload),
 		size:    size,
 		workers: make([]batchWorker, concurrency),
@@ -71,7 +71,7 @@ func newBatchTarget(base, topic string, qos int, payload []byte, size, concurren
 	for i := range t.workers {
 		t.workers[i].seen = make([]bool, size)
 	}
-	return t
+	return t, nil
 }
 
 // do is a requestFunc: one batch call.
@@ -79,7 +79,8 @@ func (t *batchTarget) do(ctx context.Context, w int) error {
 	wk := &t.workers[w]
 	// The lines stream in as requests complete: the call is done when
 	// the last has come and mqttgw has ended the answer.
-	if err := post(ctx, t.client, t.url, ndjsonType, t.body, &wk.answer); err != nil {
+	status, err := t.client.post(ctx, w, &wk.answer)
+	if err := expectOK(status, err, wk.answer.Bytes()); err != nil {
 		return err
 	}
 	return t.check(wk)
@@ -125,5 +126,5 @@ func (t *batchTarget) check(wk *batchWorker) error {
 	return nil
 }
 
-// close drops the kept connections and with them their goroutines.
-func (t *batchTarget) close() { t.client.CloseIdleConnections() }
+// close closes the workers' connections.
+func (t *batchTarget) close() { t.client.close() }

@@ -145,7 +145,10 @@ func (r *runner) matrix(ctx context.Context, rep *report, sys *systems) error {
 	payload := makePayload(cfg.payload)
 	for _, conc := range cfg.concurrency {
 		if sys.echo != nil {
-			t := newHTTPTarget(sys.echoBase+"/rpc/"+echoTopic, payload, conc, cfg.requestTimeout)
+			t, err := newHTTPTarget(sys.echoBase+"/rpc/"+echoTopic, payload, conc, cfg.requestTimeout)
+			if err != nil {
+				return err
+			}
 			pt := r.measure(ctx, point{System: sysEcho, Concurrency: conc, Payload: len(payload)}, t.do,
 				[]role{{name: roleBench}, {name: roleEcho, pid: sys.echo.pid()}}, "")
 			t.close()
@@ -224,7 +227,11 @@ func (r *runner) measureGateway(ctx context.Context, pt point, st *stack, payloa
 	// a little longer: a request with no reply is then mqttgw's 504, with
 	// its problem detail, rather than a client-side timeout.
 	url := fmt.Sprintf("%s/rpc/%s?qos=%d&timeout=%s", st.gw.base, echoTopic, *pt.QoS, r.cfg.requestTimeout)
-	t := newHTTPTarget(url, payload, pt.Concurrency, r.cfg.requestTimeout+2*time.Second)
+	t, err := newHTTPTarget(url, payload, pt.Concurrency, r.cfg.requestTimeout+2*time.Second)
+	if err != nil {
+		pt.Error = err.Error()
+		return pt
+	}
 	defer t.close()
 	return r.measure(ctx, pt, t.do, st.roles(), st.gw.base+"/metrics")
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"time"
 )
 
@@ -16,41 +15,25 @@ const payloadType = "application/octet-stream"
 // httpTarget is the load generator's side of (a), (c) and (d): POST the
 // payload, want 200 and the same payload back.
 type httpTarget struct {
-	client  *http.Client
-	url     string
+	client  *rawClient
 	payload []byte
 	bodies  []bytes.Buffer // one per worker, reused: the bench's own allocations stay out of its CPU figures
 }
 
 // newHTTPTarget is an httpTarget for concurrency workers.
-func newHTTPTarget(url string, payload []byte, concurrency int, timeout time.Duration) *httpTarget {
-	return &httpTarget{
-		client:  newHTTPClient(concurrency, timeout),
-		url:     url,
-		payload: payload,
-		bodies:  make([]bytes.Buffer, concurrency),
+func newHTTPTarget(url string, payload []byte, concurrency int, timeout time.Duration) (*httpTarget, error) {
+	c, err := newRawClient(url, payloadType, payload, concurrency, timeout)
+	if err != nil {
+		return nil, err
 	}
-}
-
-// newHTTPClient sizes one client for concurrency workers: as many idle
-// connections kept as workers, so that no request pays for a new
-// connection once warm.
-func newHTTPClient(concurrency int, timeout time.Duration) *http.Client {
-	return &http.Client{
-		Timeout: timeout,
-		Transport: &http.Transport{
-			MaxIdleConns:        concurrency,
-			MaxIdleConnsPerHost: concurrency,
-			IdleConnTimeout:     time.Minute,
-			DisableCompression:  true,
-		},
-	}
+	return &httpTarget{client: c, payload: payload, bodies: make([]bytes.Buffer, concurrency)}, nil
 }
 
 // do is a requestFunc.
 func (t *httpTarget) do(ctx context.Context, w int) error {
 	body := &t.bodies[w]
-	if err := post(ctx, t.client, t.url, payloadType, t.payload, body); err != nil {
+	status, err := t.client.post(ctx, w, body)
+	if err := expectOK(status, err, body.Bytes()); err != nil {
 		return err
 	}
 	if !bytes.Equal(body.Bytes(), t.payload) {
@@ -59,32 +42,8 @@ func (t *httpTarget) do(ctx context.Context, w int) error {
 	return nil
 }
 
-// post sends body to url and reads the whole answer into into; a status
-// other than 200 is an error that says what mqttgw answered.
-func post(ctx context.Context, client *http.Client, url, contentType string, body []byte, into *bytes.Buffer) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", contentType)
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	into.Reset()
-	_, err = into.ReadFrom(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		return fmt.Errorf("reading the answer: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return statusError(resp.StatusCode, into.Bytes())
-	}
-	return nil
-}
-
-// close drops the kept connections and with them their goroutines.
-func (t *httpTarget) close() { t.client.CloseIdleConnections() }
+// close closes the workers' connections.
+func (t *httpTarget) close() { t.client.close() }
 
 // statusError describes a failed request: by mqttgw's problem detail
 // (RFC 9457) when the body is one, else by the start of the body.

@@ -165,10 +165,13 @@ func TestBatchCheck(t *testing.T) {
 		{ok0 + "\n" + `{"index":1,"status":200}` + "\n", "not the 3-byte payload"},
 		{ok0 + "\nnot json\n", "no JSON result"},
 	} {
-		bt := newBatchTarget("http://127.0.0.1:1", echoTopic, 1, []byte("abc"), 2, 1, time.Second)
+		bt, err := newBatchTarget("http://127.0.0.1:1", echoTopic, 1, []byte("abc"), 2, 1, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
 		wk := &bt.workers[0]
 		wk.answer.WriteString(c.answer)
-		err := bt.check(wk)
+		err = bt.check(wk)
 		switch {
 		case c.want == "" && err != nil:
 			t.Errorf("answer %q: %v, want no error", c.answer, err)
