@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -63,11 +62,46 @@ type reqInfo struct {
 	outcome string
 }
 
-type reqInfoKey struct{}
+// observed is a request's ResponseWriter as observe sees it: it records
+// the status, and carries the request's reqInfo in the request's context.
+// One allocation holds both; this runs for every request.
+type observed struct {
+	http.ResponseWriter
+	status int // 0 until the response starts
+	info   reqInfo
+}
 
+func (o *observed) WriteHeader(code int) {
+	// 1xx answers (but 101) are interim: the final status comes later.
+	if o.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		o.status = code
+	}
+	o.ResponseWriter.WriteHeader(code)
+}
+
+func (o *observed) Write(p []byte) (int, error) {
+	if o.status == 0 {
+		o.status = http.StatusOK
+	}
+	return o.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach the connection: flushes,
+// deadlines.
+func (o *observed) Unwrap() http.ResponseWriter { return o.ResponseWriter }
+
+// Flush is for handlers that assert http.Flusher rather than use a
+// ResponseController.
+func (o *observed) Flush() {
+	_ = http.NewResponseController(o.ResponseWriter).Flush() // http.Flusher has no error to report
+}
+
+type observedKey struct{}
+
+// infoOf is the request's reqInfo: a handler's notes for the log line.
 func infoOf(r *http.Request) *reqInfo {
-	if i, ok := r.Context().Value(reqInfoKey{}).(*reqInfo); ok {
-		return i
+	if o, ok := r.Context().Value(observedKey{}).(*observed); ok {
+		return &o.info
 	}
 	return &reqInfo{}
 }
@@ -76,11 +110,10 @@ func infoOf(r *http.Request) *reqInfo {
 func (s *Server) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		info := &reqInfo{}
-		ww := middleware.NewWrapResponseWriter(w, r.ProtoMajor)
-		next.ServeHTTP(ww, r.WithContext(contextWith(r, info)))
+		o := &observed{ResponseWriter: w}
+		next.ServeHTTP(o, r.WithContext(context.WithValue(r.Context(), observedKey{}, o)))
 
-		status := ww.Status()
+		status := o.status
 		if status == 0 { // nothing written: the client went away
 			status = probClientGone.status
 		}
@@ -100,14 +133,24 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			slog.String("path", r.URL.EscapedPath()),
 			slog.Int("status", status),
 			slog.Duration("duration", time.Since(start)),
-			slog.String("request_id", middleware.GetReqID(r.Context())),
+			slog.String("request_id", s.requestID(r)),
 			slog.String("client_ip", s.clientIP(r)),
 		)
-		if info.topic != "" {
-			attrs = append(attrs, slog.String("topic", info.topic), slog.String("outcome", info.outcome))
+		if o.info.topic != "" {
+			attrs = append(attrs, slog.String("topic", o.info.topic), slog.String("outcome", o.info.outcome))
 		}
 		s.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 	})
+}
+
+// requestID is the client's X-Request-Id, trusted for logs only, or one
+// made up: this process's random prefix and a count. It is made only for
+// a log line that is written.
+func (s *Server) requestID(r *http.Request) string {
+	if id := r.Header.Get("X-Request-Id"); id != "" {
+		return id
+	}
+	return s.reqIDPrefix + strconv.FormatUint(s.reqIDs.Add(1), 10)
 }
 
 // methodLabel keeps the method label to a fixed set: a method is any
@@ -119,8 +162,4 @@ func methodLabel(m string) string {
 		return m
 	}
 	return "other"
-}
-
-func contextWith(r *http.Request, info *reqInfo) context.Context {
-	return context.WithValue(r.Context(), reqInfoKey{}, info)
 }

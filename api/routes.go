@@ -15,9 +15,8 @@ func (s *Server) routes() http.Handler {
 	// No StripSlashes/CleanPath: in a topic "a//b" and "a/" are names of
 	// their own. No middleware.Timeout: each request's deadline is its
 	// own ?timeout, applied in the handler.
-	r.Use(middleware.RequestID) // trusts a client's X-Request-Id: logs only
 	r.Use(s.guardBody)
-	r.Use(s.observe)
+	r.Use(s.observe) // and the request id of the log line
 	r.Use(middleware.Recoverer)
 
 	r.NotFound(s.notFound)

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -325,23 +324,22 @@ func parseDuration(q url.Values, name string, def, min, max time.Duration) (time
 	if err != nil || v == nil {
 		return def, err
 	}
-	bad := fmt.Errorf("%s %q is not a duration such as 1.5s or 500ms, nor a number of seconds such as 2 or 0.5, from %s to %s", name, *v, min, max)
 	var d time.Duration
-	switch {
-	case plainSeconds.MatchString(*v):
+	switch plain, ok := canonicalDuration(*v); {
+	case !ok:
+		return 0, fmt.Errorf("%s %q is not a duration such as 1.5s or 500ms, nor a number of seconds such as 2 or 0.5, from %s to %s", name, *v, min, max)
+	case plain:
 		secs, ferr := strconv.ParseFloat(*v, 64)
 		if ferr != nil || secs > max.Seconds() {
 			return 0, fmt.Errorf("%s %q is above the maximum of %s", name, *v, max)
 		}
 		d = time.Duration(secs * float64(time.Second))
-	case goDuration.MatchString(*v):
+	default:
 		// The form is right, so ParseDuration can only fail on a
 		// duration too large for time.Duration ("9999999h").
 		if d, err = time.ParseDuration(*v); err != nil {
 			return 0, fmt.Errorf("%s %q is above the maximum of %s", name, *v, max)
 		}
-	default:
-		return 0, bad
 	}
 	switch {
 	case d < min:
@@ -352,10 +350,61 @@ func parseDuration(q url.Values, name string, def, min, max time.Duration) (time
 	return d, nil
 }
 
-var (
-	plainSeconds = regexp.MustCompile(`^[0-9]+(\.[0-9]+)?$`)
-	goDuration   = regexp.MustCompile(`^([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h))+$`)
-)
+// canonicalDuration reports whether v is plain seconds, digits with an
+// optional fraction ("2", "0.5"), or else a Go duration made of such
+// numbers each with a unit ("1.5s", "1m30s"); ok is false for anything
+// else, a sign, an exponent or a '_' included.
+func canonicalDuration(v string) (plain, ok bool) {
+	number := func() bool {
+		i := 0
+		for i < len(v) && v[i] >= '0' && v[i] <= '9' {
+			i++
+		}
+		if i == 0 {
+			return false
+		}
+		if i < len(v) && v[i] == '.' {
+			j := i + 1
+			for j < len(v) && v[j] >= '0' && v[j] <= '9' {
+				j++
+			}
+			if j == i+1 {
+				return false
+			}
+			i = j
+		}
+		v = v[i:]
+		return true
+	}
+	if !number() {
+		return false, false
+	}
+	if v == "" {
+		return true, true
+	}
+	for {
+		unit := ""
+		for _, u := range durationUnits {
+			if strings.HasPrefix(v, u) {
+				unit = u
+				break
+			}
+		}
+		if unit == "" {
+			return false, false
+		}
+		if v = v[len(unit):]; v == "" {
+			return false, true
+		}
+		if !number() {
+			return false, false
+		}
+	}
+}
+
+// durationUnits are time.ParseDuration's, longer ones before their
+// prefixes ("ms" before "m").
+var durationUnits = []string{"ns", "us", "µs", "μs", "ms", "s", "m", "h"}
 
 // parseQoS reads ?qos: 0, 1 or 2.
 func parseQoS(q url.Values, def byte) (byte, error) {

@@ -4,6 +4,7 @@ package api
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -156,6 +157,9 @@ type Server struct {
 	// droppedProperties counts reply user properties that could not be
 	// written as a header value.
 	droppedProperties atomic.Uint64
+	// reqIDPrefix and reqIDs make up request ids for log lines.
+	reqIDPrefix string
+	reqIDs      atomic.Uint64
 }
 
 // NewServer returns the gateway's HTTP handler. cfg must pass Validate.
@@ -163,7 +167,7 @@ func NewServer(logger *slog.Logger, gw Requester, cfg Config) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{log: logger, gw: gw, cfg: cfg, gather: cfg.Gatherer}
+	s := &Server{log: logger, gw: gw, cfg: cfg, gather: cfg.Gatherer, reqIDPrefix: rand.Text()[:10] + "-"}
 	reg := cfg.Registerer
 	if reg == nil {
 		r := prometheus.NewRegistry()

@@ -148,6 +148,12 @@ func (t *inproc) Connect(_ context.Context, filters []string, h gateway.Handler)
 
 var _ gateway.ReachCounter = (*inproc)(nil)
 
+// PublishesImmediately marks inproc as a gateway.ImmediatePublisher:
+// InjectPacket hands the message to mochi and returns.
+func (t *inproc) PublishesImmediately() {}
+
+var _ gateway.ImmediatePublisher = (*inproc)(nil)
+
 func (t *inproc) Publish(ctx context.Context, m *gateway.Message) error {
 	_, err := t.PublishReach(ctx, m)
 	return err

@@ -260,8 +260,11 @@ func (g *Gateway) request(ctx context.Context, id string, req *Request, created,
 	// Register before publishing: a fast responder may answer before
 	// Publish returns. Once the request has its result, a publish still
 	// waiting for its acknowledgement is of no use: pubCtx ends it.
-	pubCtx, stopPublish := context.WithCancel(ctx)
-	defer stopPublish()
+	pubCtx, stopPublish := ctx, context.CancelFunc(func() {})
+	if _, ok := g.transport.(ImmediatePublisher); !ok {
+		pubCtx, stopPublish = context.WithCancel(ctx)
+		defer stopPublish()
+	}
 	ch, ok := g.pending.add(id, stopPublish)
 	if !ok {
 		return Reply{}, false, ErrClosed

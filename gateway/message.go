@@ -115,6 +115,14 @@ type ReachCounter interface {
 	PublishReach(ctx context.Context, m *Message) (int, error)
 }
 
+// ImmediatePublisher is a Transport whose Publish never waits on the
+// network (the embedded broker): it returns once the broker has the
+// message. A request's publish then can't still be in flight when its
+// reply comes, and needs no context of its own to end it.
+type ImmediatePublisher interface {
+	PublishesImmediately()
+}
+
 // Handler receives what a Transport reads from the broker. Its methods may
 // be called from the transport's read loop, so they must never block.
 type Handler interface {

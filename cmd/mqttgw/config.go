@@ -354,6 +354,7 @@ Usage: mqttgw [flags]
        mqttgw healthcheck [--http-addr ADDR]   exit 0 if the gateway's /readyz is 200
 
 Every flag can also be set with the environment variable shown; flags win.
+Go's GOGC is 400 unless set (GOMEMLIMIT caps the heap as usual).
 
 `)
 	printFlags(w, fs, envName)
