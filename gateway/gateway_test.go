@@ -3,6 +3,8 @@ package gateway
 import (
 	"context"
 	"errors"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -402,4 +404,57 @@ func TestIdempotencyKeyFreedWhenNotPublished(t *testing.T) {
 	_, out := request(t, g, f, context.Background(), req)
 	g.Close(context.Background())
 	wait(t, out)
+}
+
+// stackTransport is fakeTransport that also notes the stack each Publish
+// ran on.
+type stackTransport struct {
+	*fakeTransport
+	stacks chan string
+}
+
+func (s *stackTransport) Publish(ctx context.Context, m *Message) error {
+	buf := make([]byte, 16<<10)
+	s.stacks <- string(buf[:runtime.Stack(buf, false)])
+	return s.fakeTransport.Publish(ctx, m)
+}
+
+// TestPublishAsideWhenManyWait: once more requests wait than
+// publishAsideAbove, a request is published from a goroutine of its own,
+// which takes the publish path's stack away with it; its outcome is the
+// same, a failed publish's included.
+func TestPublishAsideWhenManyWait(t *testing.T) {
+	f := &stackTransport{fakeTransport: newFake(), stacks: make(chan string, 4)}
+	g := newTestGateway(t, f)
+	g.publishAsideAbove = 1
+	ctx := context.Background()
+
+	m1, out1 := request(t, g, f.fakeTransport, ctx, Request{Topic: "a"})
+	m2, out2 := request(t, g, f.fakeTransport, ctx, Request{Topic: "b"})
+	inline, aside := <-f.stacks, <-f.stacks
+	if !strings.Contains(inline, "(*Gateway).request(") || strings.Contains(inline, "publishAside") {
+		t.Errorf("the one waiting request was not published on its own goroutine:\n%s", inline)
+	}
+	if strings.Contains(aside, "(*Gateway).request(") || !strings.Contains(aside, "publishAside") {
+		t.Errorf("the second waiting request was not published aside:\n%s", aside)
+	}
+	for _, m := range []*Message{m2, m1} {
+		g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData, Payload: []byte("re " + m.Topic)})
+	}
+	for i, out := range []<-chan outcome{out1, out2} {
+		if o := wait(t, out); o.err != nil || string(o.reply.Payload) != "re "+[]string{"a", "b"}[i] {
+			t.Errorf("request %d: %q, %v", i, o.reply.Payload, o.err)
+		}
+	}
+	assertEmpty(t, g)
+
+	g.publishAsideAbove = 0
+	f.err = ErrNoResponders
+	if _, err := g.Request(ctx, Request{Topic: "c"}); !errors.Is(err, ErrNoResponders) {
+		t.Errorf("failed publish aside: %v, want ErrNoResponders", err)
+	}
+	if s := <-f.stacks; !strings.Contains(s, "publishAside") {
+		t.Errorf("not published aside:\n%s", s)
+	}
+	assertEmpty(t, g)
 }
