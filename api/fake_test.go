@@ -56,9 +56,16 @@ func (g *fakeGateway) Publish(ctx context.Context, p gateway.Publication) error 
 	return g.PublishFn(ctx, p)
 }
 
+// Request hands RequestFn the request's deadline in its context, the
+// earlier of the two applying, as gateway.Request waits.
 func (g *fakeGateway) Request(ctx context.Context, req gateway.Request) (gateway.Reply, error) {
 	if g.RequestFn == nil {
 		return gateway.Reply{}, errors.New("fakeGateway: no RequestFn")
+	}
+	if !req.Deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
+		defer cancel()
 	}
 	return g.RequestFn(ctx, req)
 }

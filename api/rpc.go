@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -71,9 +70,8 @@ func (s *Server) rpc(w http.ResponseWriter, r *http.Request) {
 		s.collect(w, r, req, limit, mode, many, fail)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), limit)
-	defer cancel()
-	reply, err := s.gw.Request(ctx, req)
+	req.Deadline = time.Now().Add(limit)
+	reply, err := s.gw.Request(r.Context(), req)
 	s.metrics.rpcDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		fail(err)

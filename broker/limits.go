@@ -197,6 +197,9 @@ type publishSizes struct {
 const maxSizes = 4096
 
 func (p *publishSizes) set(topic string, size int) {
+	if v, ok := p.m.Load(topic); ok && v.(int) == size {
+		return // as it mostly is: requests on a topic are alike; a Swap allocates
+	}
 	if old, loaded := p.m.Swap(topic, size); !loaded || old == nil {
 		if p.n.Add(1) > maxSizes {
 			p.m.Clear()

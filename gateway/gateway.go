@@ -239,12 +239,17 @@ func (g *Gateway) Ready() error {
 // is kept in the request's record.
 func (g *Gateway) Request(ctx context.Context, req Request) (Reply, error) {
 	created := time.Now()
-	ctx, cancel, err := g.begin(ctx, &req)
+	// An idempotent request stores its record before publishing, which
+	// must end by the deadline too.
+	ctx, cancel, err := g.begin(ctx, &req, req.IdempotencyKey != "")
 	if err != nil {
 		return Reply{}, err
 	}
 	defer cancel()
-	deadline, _ := ctx.Deadline()
+	deadline := req.Deadline
+	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
+		deadline = d
+	}
 	id := uuid.NewString()
 	if req.IdempotencyKey != "" {
 		if reply, done, err := g.claimKey(ctx, id, &req, created, deadline); done {
@@ -264,9 +269,12 @@ func (g *Gateway) request(ctx context.Context, id string, req *Request, created,
 	// Register before publishing: a fast responder may answer before
 	// Publish returns. Once the request has its result, a publish still
 	// waiting for its acknowledgement is of no use: pubCtx ends it.
+	// A publish that waits (for a PUBACK, or for a responder) needs the
+	// deadline in its context; on the embedded broker it waits for
+	// neither.
 	pubCtx, stopPublish := ctx, context.CancelFunc(func() {})
-	if _, ok := g.transport.(ImmediatePublisher); !ok {
-		pubCtx, stopPublish = context.WithCancel(ctx)
+	if _, ok := g.transport.(ImmediatePublisher); !ok || req.WaitForResponder > 0 {
+		pubCtx, stopPublish = context.WithDeadline(ctx, deadline)
 		defer stopPublish()
 	}
 	ch, waiting, ok := g.pending.add(id, stopPublish)
@@ -298,6 +306,8 @@ func (g *Gateway) request(ctx context.Context, id string, req *Request, created,
 		return Reply{}, false, notAcknowledged(err)
 	}
 
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
 	select {
 	case r := <-ch:
 		reply, err = r.reply()
@@ -310,23 +320,24 @@ func (g *Gateway) request(ctx context.Context, id string, req *Request, created,
 			}
 			return Reply{}, true, fmt.Errorf("gateway: request abandoned: %w", ctx.Err())
 		}
-		// The record goes in before the request leaves the pending map,
-		// so that a reply in between is not lost: it either still
-		// reaches ch, or finds the record. A request with an
-		// idempotency key has had its record from the start.
-		kept := req.IdempotencyKey != "" || g.keepTimedOut(id, req, created)
-		if !g.pending.remove(id) {
-			// A reply or failure won the race with the deadline; it is
-			// already in ch, and the responder did its work: use it.
-			if kept && req.IdempotencyKey == "" {
-				g.records.remove(context.WithoutCancel(ctx), id)
-			}
-			reply, err = (<-ch).reply()
-			return reply, true, err
-		}
-		msg := fmt.Sprintf("%s: no reply on %q within %s", ErrTimeout, req.Topic, waited(start, deadline))
-		return Reply{}, true, &TimeoutError{ID: id, Kept: kept, msg: msg}
+	case <-timer.C:
 	}
+	// The record goes in before the request leaves the pending map, so
+	// that a reply in between is not lost: it either still reaches ch,
+	// or finds the record. A request with an idempotency key has had its
+	// record from the start.
+	kept := req.IdempotencyKey != "" || g.keepTimedOut(id, req, created)
+	if !g.pending.remove(id) {
+		// A reply or failure won the race with the deadline; it is
+		// already in ch, and the responder did its work: use it.
+		if kept && req.IdempotencyKey == "" {
+			g.records.remove(context.WithoutCancel(ctx), id)
+		}
+		reply, err = (<-ch).reply()
+		return reply, true, err
+	}
+	msg := fmt.Sprintf("%s: no reply on %q within %s", ErrTimeout, req.Topic, waited(start, deadline))
+	return Reply{}, true, &TimeoutError{ID: id, Kept: kept, msg: msg}
 }
 
 // claimKey records a synchronous request with an idempotency key before
@@ -401,7 +412,7 @@ func (g *Gateway) settleKey(id string, reply Reply, published bool, err error) {
 // 0, once it is sent). That nobody is subscribed is no error here: the
 // message may be retained, and a publication expects no answer.
 func (g *Gateway) Publish(ctx context.Context, p Publication) error {
-	ctx, cancel, err := g.begin(ctx, &Request{Topic: p.Topic, ContentType: p.ContentType, UserProperties: p.UserProperties, QoS: p.QoS})
+	ctx, cancel, err := g.begin(ctx, &Request{Topic: p.Topic, ContentType: p.ContentType, UserProperties: p.UserProperties, QoS: p.QoS}, true)
 	if err != nil {
 		return err
 	}
@@ -427,10 +438,11 @@ func (g *Gateway) Publish(ctx context.Context, p Publication) error {
 }
 
 // begin checks req, and that the gateway can serve it, and returns ctx
-// with the default timeout when it has no deadline. A request whose
+// with the default timeout when neither it nor req has a deadline; with
+// req's deadline in it too when withDeadline asks for it. A request whose
 // client has already gone (an HTTP/2 stream reset at once, say) is
 // refused: it must not still make a device act.
-func (g *Gateway) begin(ctx context.Context, req *Request) (context.Context, context.CancelFunc, error) {
+func (g *Gateway) begin(ctx context.Context, req *Request, withDeadline bool) (context.Context, context.CancelFunc, error) {
 	if err := g.check(req); err != nil {
 		return nil, nil, err
 	}
@@ -438,7 +450,10 @@ func (g *Gateway) begin(ctx context.Context, req *Request) (context.Context, con
 		return nil, nil, err
 	}
 	cancel := context.CancelFunc(func() {})
-	if _, ok := ctx.Deadline(); !ok {
+	switch _, ok := ctx.Deadline(); {
+	case !req.Deadline.IsZero() && withDeadline:
+		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
+	case !ok && req.Deadline.IsZero():
 		ctx, cancel = context.WithTimeout(ctx, g.cfg.DefaultTimeout)
 	}
 	if err := ctx.Err(); err != nil {

@@ -458,3 +458,37 @@ func TestPublishAsideWhenManyWait(t *testing.T) {
 	}
 	assertEmpty(t, g)
 }
+
+// TestRequestDeadline: a request's own deadline ends its wait as a
+// context's does, the earlier of the two applying, and the timeout says
+// how long it waited.
+func TestRequestDeadline(t *testing.T) {
+	f := newFake()
+	g := newTestGateway(t, f)
+	for _, c := range []struct {
+		name        string
+		ctxTimeout  time.Duration // 0: none
+		reqDeadline time.Duration
+		want        string
+	}{
+		{"request's", 0, 200 * time.Millisecond, "within 200ms"},
+		{"context's earlier", 100 * time.Millisecond, 10 * time.Second, "within 100ms"},
+		{"request's earlier", 10 * time.Second, 150 * time.Millisecond, "within 150ms"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			if c.ctxTimeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, c.ctxTimeout)
+				defer cancel()
+			}
+			_, out := request(t, g, f, ctx, Request{Topic: "t", Deadline: time.Now().Add(c.reqDeadline)})
+			o := wait(t, out)
+			var te *TimeoutError
+			if !errors.As(o.err, &te) || !strings.Contains(o.err.Error(), c.want) {
+				t.Fatalf("got %v, want a timeout %s", o.err, c.want)
+			}
+			assertEmpty(t, g)
+		})
+	}
+}

@@ -35,6 +35,11 @@ type Request struct {
 	// again; Fingerprint (a hash of everything the request says) tells a
 	// repeat from a different request with the same key.
 	IdempotencyKey, Fingerprint string
+	// Deadline, when set, is when the caller gives up waiting, as a
+	// deadline of the context would say; the earlier of the two
+	// applies. Request waits for it with a plain timer, which costs less
+	// than a context of its own.
+	Deadline time.Time
 }
 
 // Publication is a message published without waiting for a reply: no

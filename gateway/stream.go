@@ -95,7 +95,7 @@ func (g *Gateway) Stream(ctx context.Context, req Request, c Collect, sink Strea
 	if c.MaxReplies < 1 {
 		return StreamEnd{}, invalid(FieldMaxReplies, "%d is below 1", c.MaxReplies)
 	}
-	ctx, cancel, err := g.begin(ctx, &req)
+	ctx, cancel, err := g.begin(ctx, &req, true)
 	if err != nil {
 		return StreamEnd{}, err
 	}
