@@ -53,10 +53,10 @@ type conn struct {
 	// readDeadline and writeDeadline are the network connection's, as
 	// last set; Lock should be held.
 	readDeadline, writeDeadline time.Time
-	pending int           // bytes queued or being written; Lock should be held.
-	closing bool          // Close was called; Lock should be held.
-	flushBy time.Time     // set by Close: the writer's last deadline; Lock should be held.
-	werr    error         // why writes fail from now on; Lock should be held.
+	pending                     int       // bytes queued or being written; Lock should be held.
+	closing                     bool      // Close was called; Lock should be held.
+	flushBy                     time.Time // set by Close: the writer's last deadline; Lock should be held.
+	werr                        error     // why writes fail from now on; Lock should be held.
 	// unacked is the size of each QoS 1 and 2 delivery mochi keeps until
 	// the client acknowledges it, by packet id; unackedBytes their sum.
 	// Lock should be held.
