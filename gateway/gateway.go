@@ -306,8 +306,14 @@ func (g *Gateway) request(ctx context.Context, id string, req *Request, created,
 		return Reply{}, false, notAcknowledged(err)
 	}
 
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
+	// A timer only when ctx doesn't end at the deadline itself (a nil
+	// channel never fires).
+	var expired <-chan time.Time
+	if d, ok := ctx.Deadline(); !ok || d.After(deadline) {
+		timer := time.NewTimer(time.Until(deadline))
+		defer timer.Stop()
+		expired = timer.C
+	}
 	select {
 	case r := <-ch:
 		reply, err = r.reply()
@@ -320,7 +326,7 @@ func (g *Gateway) request(ctx context.Context, id string, req *Request, created,
 			}
 			return Reply{}, true, fmt.Errorf("gateway: request abandoned: %w", ctx.Err())
 		}
-	case <-timer.C:
+	case <-expired:
 	}
 	// The record goes in before the request leaves the pending map, so
 	// that a reply in between is not lost: it either still reaches ch,
