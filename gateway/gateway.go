@@ -161,8 +161,7 @@ type Gateway struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 
-	// publishAsideAbove is publishAsideAbove; tests lower it.
-	publishAsideAbove int
+	publishers publishers
 }
 
 // New returns a Gateway that talks through t. Call Start before Request.
@@ -171,16 +170,15 @@ func New(cfg Config, t Transport) (*Gateway, error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	g := &Gateway{
-		cfg:               cfg,
-		transport:         t,
-		responseTopic:     cfg.ResponsePrefix + "/" + cfg.InstanceID,
-		publishAsideAbove: publishAsideAbove,
-		asyncTopic:        cfg.ResponsePrefix + "/" + asyncLevel,
-		log:               cfg.Logger,
-		pending:           newPendingMap(cfg.RememberFinished),
-		records:           newRecordStore(cfg.Logger, cfg.ResponsePrefix+"/"+recordsLevel+"/", cfg.ResultTTL, cfg.MaxRecords, cfg.MaxRecordBytes),
-		waitingKick:       make(chan struct{}, 1),
-		stop:              func() {},
+		cfg:           cfg,
+		transport:     t,
+		responseTopic: cfg.ResponsePrefix + "/" + cfg.InstanceID,
+		asyncTopic:    cfg.ResponsePrefix + "/" + asyncLevel,
+		log:           cfg.Logger,
+		pending:       newPendingMap(cfg.RememberFinished),
+		records:       newRecordStore(cfg.Logger, cfg.ResponsePrefix+"/"+recordsLevel+"/", cfg.ResultTTL, cfg.MaxRecords, cfg.MaxRecordBytes),
+		waitingKick:   make(chan struct{}, 1),
+		stop:          func() {},
 	}
 	if !cfg.LocalRecords {
 		g.records.write = t.Publish
@@ -203,6 +201,9 @@ func (g *Gateway) Start(ctx context.Context) error {
 			loop(loopCtx)
 		}()
 	}
+	g.publishers.run(loopCtx, &g.loops, defaultPublishers(), func(ctx context.Context, m *Message, deadline time.Time) error {
+		return g.publish(ctx, m, deadline, 0)
+	})
 	filters := []string{g.responseTopic, "$share/" + ShareGroup + "/" + g.asyncTopic}
 	if !g.cfg.LocalRecords {
 		filters = append(filters, g.records.prefix+"#")
@@ -273,11 +274,12 @@ func (g *Gateway) request(ctx context.Context, id string, req *Request, created,
 	// deadline in its context; on the embedded broker it waits for
 	// neither.
 	pubCtx, stopPublish := ctx, context.CancelFunc(func() {})
-	if _, ok := g.transport.(ImmediatePublisher); !ok || req.WaitForResponder > 0 {
+	_, immediate := g.transport.(ImmediatePublisher)
+	if !immediate || req.WaitForResponder > 0 {
 		pubCtx, stopPublish = context.WithDeadline(ctx, deadline)
 		defer stopPublish()
 	}
-	ch, waiting, ok := g.pending.add(id, stopPublish)
+	ch, ok := g.pending.add(id, stopPublish)
 	if !ok {
 		return Reply{}, false, ErrClosed
 	}
@@ -290,9 +292,11 @@ func (g *Gateway) request(ctx context.Context, id string, req *Request, created,
 		CorrelationData: []byte(id),
 		UserProperties:  req.UserProperties,
 	}
-	if waiting > g.publishAsideAbove {
-		err = g.publishAside(pubCtx, m, deadline, req.WaitForResponder)
-	} else {
+	handed := false
+	if immediate && req.WaitForResponder == 0 {
+		handed, err = g.publishers.publish(pubCtx, m, deadline)
+	}
+	if !handed {
 		err = g.publish(pubCtx, m, deadline, req.WaitForResponder)
 	}
 	start := time.Now()
@@ -467,26 +471,6 @@ func (g *Gateway) begin(ctx context.Context, req *Request, withDeadline bool) (c
 		return nil, nil, fmt.Errorf("gateway: abandoned before publishing: %w", err)
 	}
 	return ctx, cancel, nil
-}
-
-// publishAsideAbove is how many requests must be waiting before a new
-// one is published by publishAside.
-const publishAsideAbove = 1024
-
-// publishAside is publish on a goroutine of its own, which the request
-// waits for. The embedded broker's publish path (mochi's hooks take its
-// 800-byte packets by value, level after level) grows the stack of the
-// goroutine that runs it to 16–32 KiB, and a request waiting for its
-// reply keeps that stack until a later collection shrinks it: with
-// thousands waiting, stacks were most of their memory (29 KiB each of
-// 51 at 10,000 waiting; 11 of 33 this way). The hand-over costs about a
-// microsecond of CPU, and on an idle machine some tens of microseconds of
-// latency: only a gateway with many requests waiting, whose memory they
-// then are, pays it.
-func (g *Gateway) publishAside(ctx context.Context, m *Message, deadline time.Time, wait time.Duration) error {
-	done := make(chan error, 1)
-	go func() { done <- g.publish(ctx, m, deadline, wait) }()
-	return <-done
 }
 
 // notAcknowledged names a publish's deadline for what it is: the broker

@@ -407,56 +407,68 @@ func TestIdempotencyKeyFreedWhenNotPublished(t *testing.T) {
 }
 
 // stackTransport is fakeTransport that also notes the stack each Publish
-// ran on.
+// ran on; immediate makes it an ImmediatePublisher, as the embedded
+// broker is.
 type stackTransport struct {
 	*fakeTransport
 	stacks chan string
 }
 
 func (s *stackTransport) Publish(ctx context.Context, m *Message) error {
+	if m.Retain {
+		return nil // a request record, which the record writer publishes
+	}
 	buf := make([]byte, 16<<10)
 	s.stacks <- string(buf[:runtime.Stack(buf, false)])
 	return s.fakeTransport.Publish(ctx, m)
 }
 
-// TestPublishAsideWhenManyWait: once more requests wait than
-// publishAsideAbove, a request is published from a goroutine of its own,
-// which takes the publish path's stack away with it; its outcome is the
-// same, a failed publish's included.
-func TestPublishAsideWhenManyWait(t *testing.T) {
-	f := &stackTransport{fakeTransport: newFake(), stacks: make(chan string, 4)}
-	g := newTestGateway(t, f)
-	g.publishAsideAbove = 1
+type immediateTransport struct{ *stackTransport }
+
+func (immediateTransport) PublishesImmediately() {}
+
+// TestPublishersRunThePublish: on a transport that publishes at once, a
+// request is published by one of the gateway's publishers, not on the
+// caller's goroutine, with the same outcome, a failed publish's
+// included; one that waits for a responder, and any on a transport that
+// may wait, publish on the caller's.
+func TestPublishersRunThePublish(t *testing.T) {
+	onPublisher := func(stack string) bool {
+		return strings.Contains(stack, "(*publishers).run") && !strings.Contains(stack, "(*Gateway).request(")
+	}
 	ctx := context.Background()
 
-	m1, out1 := request(t, g, f.fakeTransport, ctx, Request{Topic: "a"})
-	m2, out2 := request(t, g, f.fakeTransport, ctx, Request{Topic: "b"})
-	inline, aside := <-f.stacks, <-f.stacks
-	if !strings.Contains(inline, "(*Gateway).request(") || strings.Contains(inline, "publishAside") {
-		t.Errorf("the one waiting request was not published on its own goroutine:\n%s", inline)
+	st := &stackTransport{fakeTransport: newFake(), stacks: make(chan string, 4)}
+	g := newTestGateway(t, immediateTransport{st})
+	m, out := request(t, g, st.fakeTransport, ctx, Request{Topic: "a"})
+	if s := <-st.stacks; !onPublisher(s) {
+		t.Errorf("not published by a publisher:\n%s", s)
 	}
-	if strings.Contains(aside, "(*Gateway).request(") || !strings.Contains(aside, "publishAside") {
-		t.Errorf("the second waiting request was not published aside:\n%s", aside)
+	g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData, Payload: []byte("re")})
+	if o := wait(t, out); o.err != nil || string(o.reply.Payload) != "re" {
+		t.Errorf("got %q, %v", o.reply.Payload, o.err)
 	}
-	for _, m := range []*Message{m2, m1} {
-		g.HandleReply(&Message{Topic: g.ResponseTopic(), CorrelationData: m.CorrelationData, Payload: []byte("re " + m.Topic)})
+	_, out = request(t, g, st.fakeTransport, ctx, Request{Topic: "b", WaitForResponder: time.Second, Deadline: time.Now().Add(50 * time.Millisecond)})
+	if s := <-st.stacks; onPublisher(s) {
+		t.Errorf("a request that may wait for a responder was published by a publisher:\n%s", s)
 	}
-	for i, out := range []<-chan outcome{out1, out2} {
-		if o := wait(t, out); o.err != nil || string(o.reply.Payload) != "re "+[]string{"a", "b"}[i] {
-			t.Errorf("request %d: %q, %v", i, o.reply.Payload, o.err)
-		}
+	wait(t, out)
+	st.err = ErrNoResponders
+	if _, err := g.Request(ctx, Request{Topic: "c"}); !errors.Is(err, ErrNoResponders) {
+		t.Errorf("failed publish: %v, want ErrNoResponders", err)
+	}
+	if s := <-st.stacks; !onPublisher(s) {
+		t.Errorf("not published by a publisher:\n%s", s)
 	}
 	assertEmpty(t, g)
 
-	g.publishAsideAbove = 0
-	f.err = ErrNoResponders
-	if _, err := g.Request(ctx, Request{Topic: "c"}); !errors.Is(err, ErrNoResponders) {
-		t.Errorf("failed publish aside: %v, want ErrNoResponders", err)
+	other := &stackTransport{fakeTransport: newFake(), stacks: make(chan string, 4)}
+	g2 := newTestGateway(t, other)
+	_, out = request(t, g2, other.fakeTransport, ctx, Request{Topic: "d", Deadline: time.Now().Add(50 * time.Millisecond)})
+	if s := <-other.stacks; onPublisher(s) {
+		t.Errorf("a transport that may wait had its request published by a publisher:\n%s", s)
 	}
-	if s := <-f.stacks; !strings.Contains(s, "publishAside") {
-		t.Errorf("not published aside:\n%s", s)
-	}
-	assertEmpty(t, g)
+	wait(t, out)
 }
 
 // TestRequestDeadline: a request's own deadline ends its wait as a

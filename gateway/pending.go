@@ -110,18 +110,17 @@ func newPendingMap(remember int) *pendingMap {
 	}
 }
 
-// add registers id and returns the channel its reply will arrive on and
-// how many requests wait now, id's included; or false once the map is
-// closed. stop is called once the result is in.
-func (p *pendingMap) add(id string, stop context.CancelFunc) (chan result, int, bool) {
+// add registers id and returns the channel its reply will arrive on, or
+// false once the map is closed. stop is called once the result is in.
+func (p *pendingMap) add(id string, stop context.CancelFunc) (chan result, bool) {
 	ch := make(chan result, 1)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return nil, 0, false
+		return nil, false
 	}
 	p.waiting[id] = &waiter{ch: ch, stop: stop}
-	return ch, len(p.waiting), true
+	return ch, true
 }
 
 // addStream registers id for a request that takes its replies from q.
