@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -343,6 +344,11 @@ func TestConnWritesAtOnceWhenIdle(t *testing.T) {
 	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(peer, got); err != nil || string(got) != "hello" {
 		t.Fatalf("peer read %q, %v", got, err)
+	}
+	// A TLS connection frames its bytes: they must never reach the
+	// socket raw.
+	if rawWriter(tls.Server(c.Conn, &tls.Config{})) != nil {
+		t.Error("a TLS connection would be written to raw")
 	}
 }
 

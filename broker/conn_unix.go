@@ -8,14 +8,15 @@ import (
 	"syscall"
 )
 
-// rawWriter is c's file descriptor for writeNow, or nil when c has none
-// (TLS, WebSocket): their bytes always go through the writer goroutine.
+// rawWriter is c's file descriptor for writeNow when c is a plain TCP
+// connection, else nil: a TLS or WebSocket connection frames its bytes
+// itself, and they always go through the writer goroutine.
 func rawWriter(c net.Conn) syscall.RawConn {
-	sc, ok := c.(syscall.Conn)
+	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return nil
 	}
-	rc, err := sc.SyscallConn()
+	rc, err := tc.SyscallConn()
 	if err != nil {
 		return nil
 	}
