@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -28,17 +27,11 @@ import (
 //     subscriber that stops reading blocks every publish it matches, the
 //     gateway's own included, for as long as its TCP send buffer stays
 //     full. conn's Write never blocks: it queues up to a byte bound, and a
-//     goroutine of its own writes to the network. When nothing is queued,
-//     Write first hands the bytes to the socket without waiting, which
-//     takes them whole unless the client has stopped reading: the common
-//     case then costs no wake-up of the writer (272 → 231 µs median
-//     latency of a request through mqttgw at one client, and a third
-//     more requests per second at 64 clients and QoS 0).
+//     goroutine of its own writes to the network.
 type conn struct {
 	net.Conn
 	lim      *connLimits
 	listener string
-	fd       syscall.RawConn // for writeNow; nil when the connection has none
 
 	// Read side; only mochi's reading goroutine touches it.
 	buf       []byte // bytes received; buf[off:ready] are whole packets not yet handed out
@@ -50,7 +43,6 @@ type conn struct {
 	mu      sync.Mutex
 	wake    chan struct{} // cap 1: the writer has work or must stop
 	queue   []byte        // bytes mochi wrote and the writer has not taken; Lock should be held.
-	writing bool          // the writer is writing bytes it took from queue; Lock should be held.
 	pending int           // bytes queued or being written; Lock should be held.
 	closing bool          // Close was called; Lock should be held.
 	flushBy time.Time     // set by Close: the writer's last deadline; Lock should be held.
@@ -89,7 +81,7 @@ var (
 // newConn wraps c, accepted on listener, or returns nil once the set is
 // closed.
 func newConn(c net.Conn, listener string, lim *connLimits) *conn {
-	mc := &conn{Conn: c, lim: lim, listener: listener, fd: rawWriter(c), wake: make(chan struct{}, 1)}
+	mc := &conn{Conn: c, lim: lim, listener: listener, wake: make(chan struct{}, 1)}
 	if !lim.conns.add(mc) {
 		return nil
 	}
@@ -250,21 +242,11 @@ func (c *conn) Write(p []byte) (int, error) {
 		c.signal()
 		return 0, errWriteBufferFull
 	}
-	n := len(p)
-	if c.fd != nil && len(c.queue) == 0 && !c.writing && !c.closing {
-		// Under the lock, so that no byte of a later Write can pass
-		// these; the call never blocks.
-		p = p[writeNow(c.fd, p):]
-		if len(p) == 0 {
-			c.mu.Unlock()
-			return n, nil
-		}
-	}
 	c.queue = append(c.queue, p...)
 	c.pending += len(p)
 	c.mu.Unlock()
 	c.signal()
-	return n, nil
+	return len(p), nil
 }
 
 func (c *conn) signal() {
@@ -331,12 +313,10 @@ func (c *conn) writeLoop() {
 		}
 		out, c.queue = c.queue, out[:0]
 		closing := c.closing
-		c.writing = true
 		c.mu.Unlock()
 
 		err := c.writeAll(out)
 		c.mu.Lock()
-		c.writing = false
 		c.pending -= len(out)
 		if err != nil && c.werr == nil {
 			c.werr = err

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"bytes"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -300,8 +299,8 @@ func TestConnCongestionFollowsTheMessage(t *testing.T) {
 	}
 }
 
-// tcpPair is pipe over a loopback TCP connection, whose socket Write can
-// hand bytes to without the writer goroutine.
+// tcpPair is pipe over a loopback TCP connection, whose socket buffers
+// take some megabytes before the queue fills.
 func tcpPair(t *testing.T, lim *connLimits) (*conn, net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -326,34 +325,8 @@ func tcpPair(t *testing.T, lim *connLimits) (*conn, net.Conn) {
 	return c, peer
 }
 
-func TestConnWritesAtOnceWhenIdle(t *testing.T) {
-	c, peer := tcpPair(t, testLimits())
-	if c.fd == nil {
-		t.Skip("no direct socket writes on this platform")
-	}
-	if _, err := c.Write([]byte("hello")); err != nil {
-		t.Fatal(err)
-	}
-	c.mu.Lock()
-	queued, pending := len(c.queue), c.pending
-	c.mu.Unlock()
-	if queued != 0 || pending != 0 {
-		t.Errorf("after a write to an idle connection %d bytes are queued, %d pending; want them written at once", queued, pending)
-	}
-	got := make([]byte, 5)
-	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(peer, got); err != nil || string(got) != "hello" {
-		t.Fatalf("peer read %q, %v", got, err)
-	}
-	// A TLS connection frames its bytes: they must never reach the
-	// socket raw.
-	if rawWriter(tls.Server(c.Conn, &tls.Config{})) != nil {
-		t.Error("a TLS connection would be written to raw")
-	}
-}
-
-// TestConnKeepsOrder writes numbered packets of mixed sizes to a peer that
-// reads slowly, so that writes go now directly and now through the queue:
+// TestConnKeepsOrder writes packets of mixed sizes to a peer that reads
+// slowly, so that the writer now drains the queue and now waits for more:
 // the peer must get every byte in order.
 func TestConnKeepsOrder(t *testing.T) {
 	for name, mk := range map[string]func(*testing.T, *connLimits) (*conn, net.Conn){"tcp": tcpPair, "pipe": pipe} {
