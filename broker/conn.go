@@ -47,11 +47,6 @@ type conn struct {
 	closing bool          // Close was called; Lock should be held.
 	flushBy time.Time     // set by Close: the writer's last deadline; Lock should be held.
 	werr    error         // why writes fail from now on; Lock should be held.
-
-	// readDeadline and writeDeadline are the network connection's, as
-	// last set; Lock should be held.
-	readDeadline, writeDeadline time.Time
-
 	// unacked is the size of each QoS 1 and 2 delivery mochi keeps until
 	// the client acknowledges it, by packet id; unackedBytes their sum.
 	// Lock should be held.
@@ -197,28 +192,14 @@ func decodeLength(b []byte) (value, n int, ok bool) {
 func (c *conn) SetDeadline(t time.Time) error { return c.SetReadDeadline(t) }
 
 // SetReadDeadline must not lift the deadline Close sets to end reads.
-//
-// mochi moves the deadline on by the keep-alive and a half at every packet
-// it reads: under load, a timer update per packet. A deadline less than
-// deadlineSlack later than the one in force is left alone; a client then
-// has at most that much less than the half keep-alive of grace mochi
-// gives it.
 func (c *conn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
 		return nil
 	}
-	if !t.IsZero() && !c.readDeadline.IsZero() && !t.Before(c.readDeadline) && t.Sub(c.readDeadline) < deadlineSlack {
-		return nil
-	}
-	c.readDeadline = t
 	return c.Conn.SetReadDeadline(t)
 }
-
-// deadlineSlack is how much later than the deadline in force a new one
-// must be to be applied (see SetReadDeadline).
-const deadlineSlack = 100 * time.Millisecond
 
 // SetWriteDeadline is ignored: writes never block (see Write).
 func (c *conn) SetWriteDeadline(time.Time) error { return nil }
@@ -345,13 +326,7 @@ func (c *conn) writeAll(b []byte) error {
 		if !c.flushBy.IsZero() && c.flushBy.Before(deadline) {
 			deadline = c.flushBy
 		}
-		// Each write moves the deadline on, unless by less than a
-		// sixteenth of the timeout: a timer update saved per write under
-		// load, for a timeout up to that much shorter.
-		if deadline.Before(c.writeDeadline) || deadline.Sub(c.writeDeadline) >= c.lim.writeTimeout/16 {
-			c.writeDeadline = deadline
-			_ = c.Conn.SetWriteDeadline(deadline)
-		}
+		_ = c.Conn.SetWriteDeadline(deadline)
 		c.mu.Unlock()
 		w, err := c.Conn.Write(b[:n])
 		if err != nil {
@@ -372,7 +347,6 @@ func (c *conn) Close() error {
 	}
 	c.closing = true
 	c.flushBy = time.Now().Add(flushTimeout)
-	c.writeDeadline = c.flushBy
 	_ = c.Conn.SetWriteDeadline(c.flushBy)
 	c.mu.Unlock()
 	_ = c.Conn.SetReadDeadline(time.Now())
