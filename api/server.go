@@ -22,6 +22,8 @@ import (
 // Requester is what the API needs from the RPC core (gateway.Gateway is
 // one). Its methods must be safe to be called concurrently.
 type Requester interface {
+	// Request publishes req and waits for its reply until req.Deadline
+	// (the ?timeout) or until ctx ends (the client went away).
 	Request(ctx context.Context, req gateway.Request) (gateway.Reply, error)
 	// Publish publishes p without waiting for a reply.
 	Publish(ctx context.Context, p gateway.Publication) error
