@@ -1,51 +1,22 @@
 package api
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/mqttgw/mqttgw/gateway"
+	"github.com/mqttgw/mqttgw/gateway/gatewaytest"
 )
-
-// syncBuffer is a log sink the server's goroutines may write at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) lines(t *testing.T) []map[string]any {
-	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []map[string]any
-	for _, l := range strings.Split(strings.TrimSpace(s.b.String()), "\n") {
-		var m map[string]any
-		if err := json.Unmarshal([]byte(l), &m); err != nil {
-			t.Fatalf("log line %q: %v", l, err)
-		}
-		out = append(out, m)
-	}
-	return out
-}
 
 // TestRequestLogLine: every request's log line has its status, its topic
 // and outcome, and a request id: the client's X-Request-Id, or one made
 // up that no other request has.
 func TestRequestLogLine(t *testing.T) {
-	var logs syncBuffer
+	var logs gatewaytest.Buffer
 	gw := &fakeGateway{RequestFn: func(_ context.Context, req gateway.Request) (gateway.Reply, error) {
 		if string(req.Payload) == "slow" {
 			return gateway.Reply{}, errors.Join(gateway.ErrTimeout, errors.New("no reply"))
@@ -71,7 +42,7 @@ func TestRequestLogLine(t *testing.T) {
 	send("slow")
 	srv.Close() // the lines are written once the handlers return
 
-	lines := logs.lines(t)
+	lines := logs.JSONLines(t, "")
 	if len(lines) != 4 {
 		t.Fatalf("%d log lines, want 4: %v", len(lines), lines)
 	}

@@ -11,7 +11,6 @@ package deploy_test
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -477,14 +476,8 @@ func nginxLogLine(t *testing.T, logs *gatewaytest.Buffer, id string) map[string]
 	t.Helper()
 	var found map[string]any
 	gatewaytest.Eventually(t, 5*time.Second, "a request log line with request_id "+id, func() bool {
-		sc := bufio.NewScanner(strings.NewReader(logs.String()))
-		sc.Buffer(nil, 1<<20)
-		for sc.Scan() {
-			var line map[string]any
-			if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
-				t.Fatalf("log line %q: %v", sc.Text(), err)
-			}
-			if line["msg"] == "request" && line["request_id"] == id {
+		for _, line := range logs.JSONLines(t, "request") {
+			if line["request_id"] == id {
 				found = line
 				return true
 			}

@@ -85,7 +85,7 @@ func TestExternalBroker(t *testing.T) {
 			t.Fatalf("run ended: %v\n%s", runErr, logs.String())
 		default:
 		}
-		if l := logLines(t, logs, "mqttgw started"); len(l) > 0 {
+		if l := logs.JSONLines(t, "mqttgw started"); len(l) > 0 {
 			base = fmt.Sprint("http://", l[0]["http_addr"])
 		}
 		return base != ""

@@ -105,7 +105,7 @@ func TestClientIDTakeoverIsLogged(t *testing.T) {
 	cm.Disconnect(ctx)
 
 	gatewaytest.Eventually(t, 10*time.Second, "the takeover is logged", func() bool {
-		for _, l := range logLines(t, logs, "broker disconnected the gateway") {
+		for _, l := range logs.JSONLines(t, "broker disconnected the gateway") {
 			if l["reason_code"] == "0x8E" && strings.Contains(fmt.Sprint(l["reason"]), "Session taken over") {
 				return true
 			}
@@ -122,7 +122,7 @@ func TestBrokerPasswordNeverLogged(t *testing.T) {
 	logs := &gatewaytest.Buffer{}
 	launch(t, cfg, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	gatewaytest.Eventually(t, 10*time.Second, "the condition", func() bool {
-		return len(logLines(t, logs, "broker connection attempt failed")) >= 2
+		return len(logs.JSONLines(t, "broker connection attempt failed")) >= 2
 	})
 	if strings.Contains(logs.String(), "pa55-w0rd-x") {
 		t.Fatalf("the password is in the log:\n%s", logs.String())

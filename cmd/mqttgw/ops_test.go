@@ -4,10 +4,8 @@ package main
 // bounded soak.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -38,23 +36,6 @@ func startLogged(t *testing.T, cfg config) (*app, string, *gatewaytest.Buffer) {
 		waitReady(t, base)
 	}
 	return a, base, logs
-}
-
-// logLines returns the JSON log lines whose msg is msg.
-func logLines(t *testing.T, logs *gatewaytest.Buffer, msg string) []map[string]any {
-	t.Helper()
-	var out []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(logs.String()))
-	for sc.Scan() {
-		var m map[string]any
-		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
-			t.Fatalf("log line %q: %v", sc.Text(), err)
-		}
-		if m["msg"] == msg {
-			out = append(out, m)
-		}
-	}
-	return out
 }
 
 func TestMetrics(t *testing.T) {
@@ -142,7 +123,7 @@ func TestRequestLogLine(t *testing.T) {
 	gatewaytest.Post(t, base+"/rpc/svc%2Fecho", strings.NewReader("x"), "X-Request-Id", "req-42", "X-Forwarded-For", "203.0.113.9")
 
 	var line map[string]any
-	for _, l := range logLines(t, logs, "request") {
+	for _, l := range logs.JSONLines(t, "request") {
 		if l["request_id"] == "req-42" {
 			line = l
 		}
