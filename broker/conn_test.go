@@ -25,15 +25,20 @@ func testLimits() *connLimits {
 
 // pipe returns a conn around one end of a connection and the other end.
 func pipe(t *testing.T, lim *connLimits) (*conn, net.Conn) {
-	t.Helper()
 	a, b := net.Pipe()
+	return wrapPair(t, lim, a, b)
+}
+
+// wrapPair wraps a in a conn, and closes both ends and the set when the
+// test ends.
+func wrapPair(t *testing.T, lim *connLimits, a, peer net.Conn) (*conn, net.Conn) {
 	c := newConn(a, "test", lim)
 	t.Cleanup(func() {
 		c.Close()
-		b.Close()
+		peer.Close()
 		lim.conns.close()
 	})
-	return c, b
+	return c, peer
 }
 
 // connectPacket is a minimal MQTT v5 CONNECT with keep-alive 0.
@@ -316,13 +321,7 @@ func tcpPair(t *testing.T, lim *connLimits) (*conn, net.Conn) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := newConn(a, "test", lim)
-	t.Cleanup(func() {
-		c.Close()
-		peer.Close()
-		lim.conns.close()
-	})
-	return c, peer
+	return wrapPair(t, lim, a, peer)
 }
 
 // TestConnKeepsOrder writes packets of mixed sizes to a peer that reads

@@ -103,16 +103,10 @@ func (g *Gateway) storeNew(ctx context.Context, rec *Record) error {
 // topic all replicas share, and its Message Expiry is the time left of
 // its TTL, so that a device that wakes too late never sees it.
 func (g *Gateway) asyncMessage(req *Request, rec *Record) *Message {
-	return &Message{
-		Topic:           req.Topic,
-		Payload:         req.Payload,
-		QoS:             req.QoS,
-		ContentType:     req.ContentType,
-		ResponseTopic:   g.asyncTopic,
-		CorrelationData: []byte(rec.ID),
-		UserProperties:  req.UserProperties,
-		MessageExpiry:   expirySeconds(rec.Expires, time.Now()),
-	}
+	m := g.requestMessage(req, rec.ID)
+	m.ResponseTopic = g.asyncTopic
+	m.MessageExpiry = expirySeconds(rec.Expires, time.Now())
+	return m
 }
 
 // Lookup returns the record id if owner made it, else ErrRecordNotFound.

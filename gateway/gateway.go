@@ -161,6 +161,9 @@ type Gateway struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 
+	// immediate says that the transport is an ImmediatePublisher: its
+	// requests are published by publishers.
+	immediate  bool
 	publishers publishers
 }
 
@@ -180,6 +183,7 @@ func New(cfg Config, t Transport) (*Gateway, error) {
 		waitingKick:   make(chan struct{}, 1),
 		stop:          func() {},
 	}
+	_, g.immediate = t.(ImmediatePublisher)
 	if !cfg.LocalRecords {
 		g.records.write = t.Publish
 	}
@@ -201,9 +205,11 @@ func (g *Gateway) Start(ctx context.Context) error {
 			loop(loopCtx)
 		}()
 	}
-	g.publishers.run(loopCtx, &g.loops, defaultPublishers(), func(ctx context.Context, m *Message, deadline time.Time) error {
-		return g.publish(ctx, m, deadline, 0)
-	})
+	if g.immediate {
+		g.publishers.run(loopCtx, &g.loops, defaultPublishers(), func(ctx context.Context, m *Message, deadline time.Time) error {
+			return g.publish(ctx, m, deadline, 0)
+		})
+	}
 	filters := []string{g.responseTopic, "$share/" + ShareGroup + "/" + g.asyncTopic}
 	if !g.cfg.LocalRecords {
 		filters = append(filters, g.records.prefix+"#")
@@ -274,8 +280,7 @@ func (g *Gateway) request(ctx context.Context, id string, req *Request, created,
 	// deadline in its context; on the embedded broker it waits for
 	// neither.
 	pubCtx, stopPublish := ctx, context.CancelFunc(func() {})
-	_, immediate := g.transport.(ImmediatePublisher)
-	if !immediate || req.WaitForResponder > 0 {
+	if !g.immediate || req.WaitForResponder > 0 {
 		pubCtx, stopPublish = context.WithDeadline(ctx, deadline)
 		defer stopPublish()
 	}
@@ -283,17 +288,9 @@ func (g *Gateway) request(ctx context.Context, id string, req *Request, created,
 	if !ok {
 		return Reply{}, false, ErrClosed
 	}
-	m := &Message{
-		Topic:           req.Topic,
-		Payload:         req.Payload,
-		QoS:             req.QoS,
-		ContentType:     req.ContentType,
-		ResponseTopic:   g.responseTopic,
-		CorrelationData: []byte(id),
-		UserProperties:  req.UserProperties,
-	}
+	m := g.requestMessage(req, id)
 	handed := false
-	if immediate && req.WaitForResponder == 0 {
+	if g.immediate && req.WaitForResponder == 0 {
 		handed, err = g.publishers.publish(pubCtx, m, deadline)
 	}
 	if !handed {
@@ -348,6 +345,20 @@ func (g *Gateway) request(ctx context.Context, id string, req *Request, created,
 	}
 	msg := fmt.Sprintf("%s: no reply on %q within %s", ErrTimeout, req.Topic, waited(start, deadline))
 	return Reply{}, true, &TimeoutError{ID: id, Kept: kept, msg: msg}
+}
+
+// requestMessage is what req publishes under id: with this instance's
+// response topic, and id as its correlation data.
+func (g *Gateway) requestMessage(req *Request, id string) *Message {
+	return &Message{
+		Topic:           req.Topic,
+		Payload:         req.Payload,
+		QoS:             req.QoS,
+		ContentType:     req.ContentType,
+		ResponseTopic:   g.responseTopic,
+		CorrelationData: []byte(id),
+		UserProperties:  req.UserProperties,
+	}
 }
 
 // claimKey records a synchronous request with an idempotency key before

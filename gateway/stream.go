@@ -120,15 +120,7 @@ func (g *Gateway) Stream(ctx context.Context, req Request, c Collect, sink Strea
 		}
 	}()
 	reached := -1
-	err = g.publishCounted(pubCtx, &Message{
-		Topic:           req.Topic,
-		Payload:         req.Payload,
-		QoS:             req.QoS,
-		ContentType:     req.ContentType,
-		ResponseTopic:   g.responseTopic,
-		CorrelationData: []byte(id),
-		UserProperties:  req.UserProperties,
-	}, deadline, req.WaitForResponder, &reached)
+	err = g.publishCounted(pubCtx, g.requestMessage(&req, id), deadline, req.WaitForResponder, &reached)
 	if err != nil {
 		return StreamEnd{}, notAcknowledged(err)
 	}
